@@ -60,10 +60,16 @@ def two_hot(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
     outside [b_0, b_last] are clamped first (the official code indexes out of range there: quirk Q8).
 
     Returns:
-        Tensor of shape ``x.shape + (len(bins),)``, or ``x.shape[:-1] + (len(bins),)`` when x's last dim is 1.
+        Tensor of shape ``x.shape + (len(bins),)``, or ``x.shape[:-1] + (len(bins),)`` when x's last dim is 1
+        (a column of rewards).
     """
     if x.dim() > 0 and x.shape[-1] == 1:
         x = x.squeeze(-1)
+    return _two_hot(x, bins)
+
+
+def _two_hot(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """Two-hot of every element of ``x``: output ``x.shape + (len(bins),)`` (no squeezing)."""
     bins = bins.to(dtype=x.dtype)
     x = x.clamp(bins[0], bins[-1])
     # searchsorted(left) = index of the first bin >= x, so minus one is the largest bin strictly below x.
@@ -86,7 +92,8 @@ def two_hot_cross_entropy(logits: torch.Tensor, target: torch.Tensor, bins: torc
     """
     with torch.autocast(device_type=logits.device.type, enabled=False):
         logits = logits.float()
-        target_dist = two_hot(target.float(), bins.float())
+        # One scalar target per logits row: [B, 1] or [B] targets for [B, bins] logits both work.
+        target_dist = _two_hot(target.float().reshape(logits.shape[:-1]), bins.float())
         return -(target_dist * F.log_softmax(logits, dim=-1)).sum(-1, keepdim=True)
 
 

@@ -1,0 +1,6 @@
+"""Lightning orchestration (the only part of the package that imports ``lightning``)."""
+
+from mrq_lightning.training.datamodule import MRQDataModule
+from mrq_lightning.training.module import MRQ
+
+__all__ = ["MRQ", "MRQDataModule"]
