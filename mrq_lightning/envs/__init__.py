@@ -1,0 +1,15 @@
+"""Environment presets (spec §13): ``make_env(name, seed, ...) -> (torchrl EnvBase, EnvInfo)``.
+
+Names: ``Gym-<gymnasium id>``, ``Dmc-<domain>-<task>``, ``Dmc-visual-<domain>-<task>``, ``Atari-<Game>-v5``.
+Simulators are imported lazily, only for the suite a name asks for.
+"""
+
+import os as _os
+
+# MuJoCo / dm_control pick their GL backend when first imported; default to headless EGL before anything
+# in this package can import them (an explicit MUJOCO_GL from the user wins).
+_os.environ.setdefault("MUJOCO_GL", "egl")
+
+from .registry import VALID_FORMS, EnvInfo, ParsedName, make_env, make_gymnasium_env, parse_env_name  # noqa: E402
+
+__all__ = ["EnvInfo", "ParsedName", "VALID_FORMS", "make_env", "make_gymnasium_env", "parse_env_name"]
