@@ -38,6 +38,7 @@ from torchrl.data.replay_buffers.samplers import Sampler
 from torchrl.data.replay_buffers.storages import Storage
 from torchrl.data.replay_buffers.writers import Writer
 
+from mrq_lightning.errors import CheckpointError
 from mrq_lightning.functional import random_shift
 
 __all__ = [
@@ -53,7 +54,7 @@ _META_FILE = "meta.json"
 _STATE_FILE = "state.pt"
 
 
-class ReplayBufferCheckpointError(RuntimeError):
+class ReplayBufferCheckpointError(CheckpointError):
     """A replay-buffer checkpoint directory is corrupt or does not match the buffer it is loaded into."""
 
 

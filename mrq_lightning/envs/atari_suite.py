@@ -42,6 +42,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from mrq_lightning.errors import EnvironmentSetupError
+
 __all__ = ["ATARI_57", "EVAL_EPSILON", "AtariEnv", "register_ale"]
 
 #: The 57 games of the paper (Atari-57, including Defender and Surround), as ALE v5 names.
@@ -87,7 +89,7 @@ def _make_inner(game: str) -> gym.Env:
     try:
         return gym.make(env_id, frameskip=1, obs_type="grayscale", repeat_action_probability=STICKY_PROB)
     except Exception as err:  # e.g. a missing ROM file
-        raise RuntimeError(
+        raise EnvironmentSetupError(
             f"could not load the ALE ROM for {game!r} ({type(err).__name__}: {err}). ale-py >= 0.9 bundles the "
             "ROMs: `pip install -U ale-py`."
         ) from err

@@ -30,6 +30,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from mrq_lightning.errors import EnvironmentSetupError
+
 __all__ = ["DMC_TASKS", "DMCEnv", "DMCVisualEnv", "check_task", "camera_for"]
 
 #: The 28 tasks of the paper (spec §13.2), as (domain, task).
@@ -63,7 +65,7 @@ def _import_suite():
     except ModuleNotFoundError as err:
         raise ImportError("Dmc-* environments need dm_control: pip install dm_control") from err
     except Exception as err:  # GL backend selection happens at import time
-        raise RuntimeError(
+        raise EnvironmentSetupError(
             f"importing dm_control failed with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r} "
             f"({type(err).__name__}: {err}). {_GL_FIX}"
         ) from err
@@ -211,7 +213,7 @@ class DMCVisualEnv(DMCEnv):
         try:
             img = self._raw.physics.render(height=self.image_size, width=self.image_size, camera_id=self.camera_id)
         except Exception as err:
-            raise RuntimeError(
+            raise EnvironmentSetupError(
                 f"Dmc-visual rendering failed with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r} "
                 f"({type(err).__name__}: {err}). {_GL_FIX}"
             ) from err

@@ -23,6 +23,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from mrq_lightning.errors import EnvironmentNameError
+
 __all__ = ["GymSuiteEnv"]
 
 
@@ -32,7 +34,7 @@ def _make_inner(env_id: str) -> gym.Env:
     except gym.error.Error as err:  # NameNotFound / VersionNotFound / NamespaceNotFound / DependencyNotInstalled
         names = _close_ids(env_id)
         hint = f" Close registered ids: {names}." if names else ""
-        raise ValueError(
+        raise EnvironmentNameError(
             f"Gym-{env_id}: gymnasium cannot make {env_id!r} ({type(err).__name__}: {err}).{hint} "
             "MuJoCo tasks need `gymnasium[mujoco]`; ALE games are better used as Atari-<Game>-v5."
         ) from err

@@ -28,6 +28,8 @@ import difflib
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from mrq_lightning.errors import EnvironmentNameError
+
 __all__ = [
     "EnvInfo",
     "ParsedName",
@@ -74,9 +76,9 @@ class ParsedName(NamedTuple):
     pixels: bool
 
 
-def _bad_name(name: Any, why: str) -> ValueError:
+def _bad_name(name: Any, why: str) -> EnvironmentNameError:
     forms = "\n  ".join(VALID_FORMS)
-    return ValueError(f"Invalid environment name {name!r}: {why}.\nValid forms:\n  {forms}")
+    return EnvironmentNameError(f"Invalid environment name {name!r}: {why}.\nValid forms:\n  {forms}")
 
 
 def parse_env_name(name: str) -> ParsedName:

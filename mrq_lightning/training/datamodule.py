@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from torchrl.collectors import Collector
 
 from mrq_lightning.data import MRQReplayBuffer
-from mrq_lightning.envs import EnvInfo, make_env
+from mrq_lightning.envs import EnvInfo, make_env, parse_env_name
 from mrq_lightning.evaluation import evaluate_policy
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ class MRQDataModule(LightningDataModule):
                 f"total_steps={total_steps}, eval_every={eval_every}, random_steps={random_steps}, "
                 f"eval_episodes={eval_episodes}"
             )
+        parse_env_name(env)  # fail at config time, before any simulator starts, with the valid forms
         self.env_name = env
         self.seed = seed
         self.total_steps = total_steps
