@@ -40,6 +40,7 @@ from typing import Any
 import cv2
 import gymnasium as gym
 import numpy as np
+import torch
 from gymnasium import spaces
 
 from mrq_lightning.errors import EnvironmentSetupError
@@ -172,6 +173,40 @@ class AtariEnv(gym.Env):
 
     def close(self) -> None:
         self.env.close()
+
+    # ------------------------------------------------------------------ checkpoint/resume
+    def get_state(self) -> dict:
+        """Emulator state with its RNG (sticky actions), max-pool queue, frame history, frame counter, ε RNG."""
+        from .state import numpy_rng_state
+
+        return {
+            "ale": self.ale.cloneState(include_rng=True).serialize(),
+            "frames": self._frames,
+            "pool": torch.from_numpy(np.stack(self._pool)) if self._pool else None,
+            "history": torch.from_numpy(np.stack(self._obs)) if self._obs else None,
+            "rng": numpy_rng_state(self._rng),
+            "elapsed_steps": getattr(self.env, "_elapsed_steps", None),
+        }
+
+    def set_state(self, state: dict) -> None:
+        import ale_py
+
+        from .state import set_numpy_rng_state
+
+        self.ale.restoreState(ale_py.ALEState(state["ale"]))
+        self._frames = int(state["frames"])
+        self._pool = [] if state["pool"] is None else list(state["pool"].numpy().copy())
+        self._obs.clear()
+        if state["history"] is not None:
+            self._obs.extend(list(state["history"].numpy().copy()))
+        set_numpy_rng_state(self._rng, state["rng"])
+        wrapper = self.env
+        while wrapper is not None and wrapper is not getattr(wrapper, "unwrapped", None):
+            if hasattr(wrapper, "_has_reset"):
+                wrapper._has_reset = True
+            if state.get("elapsed_steps") is not None and hasattr(wrapper, "_elapsed_steps"):
+                wrapper._elapsed_steps = state["elapsed_steps"]
+            wrapper = getattr(wrapper, "env", None)
 
     def env_info(self, name: str):
         from .registry import EnvInfo

@@ -28,6 +28,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 from gymnasium import spaces
 
 from mrq_lightning.errors import EnvironmentSetupError
@@ -164,6 +165,30 @@ class DMCEnv(gym.Env):
     def close(self) -> None:
         self._env.close()
 
+    # ------------------------------------------------------------------ checkpoint/resume
+    def get_state(self) -> dict:
+        """Physics (integration state + task-modified model fields), task RNG and step counters."""
+        from .state import _MUTABLE_MODEL_FIELDS, mujoco_state, numpy_rng_state
+
+        physics = self._raw.physics
+        return {
+            "mujoco": mujoco_state(physics.model.ptr, physics.data.ptr, model_fields=_MUTABLE_MODEL_FIELDS),
+            "task_random": numpy_rng_state(self._raw.task.random),
+            "t": self._t,
+            "step_count": int(self._raw._step_count),
+            "reset_next_step": bool(self._raw._reset_next_step),
+        }
+
+    def set_state(self, state: dict) -> None:
+        from .state import set_mujoco_state, set_numpy_rng_state
+
+        physics = self._raw.physics
+        set_mujoco_state(physics.model.ptr, physics.data.ptr, state["mujoco"])
+        set_numpy_rng_state(self._raw.task.random, state["task_random"])
+        self._t = int(state["t"])
+        self._raw._step_count = int(state["step_count"])
+        self._raw._reset_next_step = bool(state["reset_next_step"])
+
     def env_info(self, name: str):
         from .registry import EnvInfo
 
@@ -218,6 +243,17 @@ class DMCVisualEnv(DMCEnv):
                 f"({type(err).__name__}: {err}). {_GL_FIX}"
             ) from err
         return img.transpose(2, 0, 1)
+
+    def get_state(self) -> dict:
+        state = super().get_state()
+        state["frames"] = torch.from_numpy(np.stack(self._frames)) if self._frames else None
+        return state
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        self._frames.clear()
+        if state["frames"] is not None:
+            self._frames.extend(list(state["frames"].numpy().copy()))
 
     def _observe(self, time_step, first: bool) -> np.ndarray:
         frame = self._render()

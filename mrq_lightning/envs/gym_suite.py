@@ -121,6 +121,18 @@ class GymSuiteEnv(gym.Env):
     def close(self) -> None:
         self.env.close()
 
+    # ------------------------------------------------------------------ checkpoint/resume
+    def get_state(self) -> dict | None:
+        """Mid-episode state (MuJoCo or classic-control tasks), or ``None`` when this gymnasium env is not restorable."""
+        from .state import gymnasium_state
+
+        return gymnasium_state(self.env)
+
+    def set_state(self, state: dict) -> None:
+        from .state import set_gymnasium_state
+
+        set_gymnasium_state(self.env, state)
+
     @staticmethod
     def _obs(obs) -> np.ndarray:
         # astype always copies: every step hands TorchRL a fresh buffer.

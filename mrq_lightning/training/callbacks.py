@@ -25,9 +25,22 @@ class EnvStepProgressBar(TQDMProgressBar):
 
     def on_train_epoch_start(self, trainer, *_):
         super().on_train_epoch_start(trainer)
-        # The env-step stream starts at the restored step when resuming.
-        self.train_progress_bar.set_description("MR.Q")
-        self.train_progress_bar.initial = 0
+        # Count absolute env steps, so a resumed run's bar starts at the restored step (one epoch = the whole budget).
+        datamodule = trainer.datamodule
+        bar = self.train_progress_bar
+        bar.set_description("MR.Q")
+        if datamodule is not None and getattr(datamodule, "total_steps", None):
+            bar.total = datamodule.total_steps
+            bar.initial = bar.n = datamodule.env_steps
+            bar.refresh()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        n = getattr(pl_module, "env_steps", batch_idx + 1)
+        bar = self.train_progress_bar
+        if bar is not None and self._should_update(n, bar.total):
+            bar.n = n
+            bar.refresh()
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
 
     def get_metrics(self, trainer, pl_module):
         metrics = {}

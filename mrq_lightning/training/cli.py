@@ -9,8 +9,9 @@ import warnings
 
 from lightning.pytorch.cli import LightningCLI
 
-from mrq_lightning.errors import MRQUserError
+from mrq_lightning.errors import CheckpointError, MRQUserError
 from mrq_lightning.training.callbacks import EnvStepProgressBar
+from mrq_lightning.training.checkpoint import MRQCheckpoint
 from mrq_lightning.training.datamodule import MRQDataModule
 from mrq_lightning.training.module import MRQ
 
@@ -36,8 +37,41 @@ class MRQLightningCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.init_args.official_quirks", "model.init_args.official_quirks")
-        # Always-on callbacks, configurable as top-level groups (e.g. --progress_bar.refresh_rate 500).
+        # Always-on callbacks, configurable as top-level groups (e.g. --progress_bar.refresh_rate 500,
+        # --checkpoint.every_n_env_steps 50000).
         parser.add_lightning_class_args(EnvStepProgressBar, "progress_bar")
+        parser.add_lightning_class_args(MRQCheckpoint, "checkpoint")
+
+    def _instantiate_trainer(self, config, callbacks):
+        # `--trainer.enable_checkpointing false` turns the always-on env-step checkpoint callback off (Lightning
+        # would otherwise refuse a ModelCheckpoint subclass next to that flag).
+        if config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, MRQCheckpoint)]
+        return super()._instantiate_trainer(config, callbacks)
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads an explicit checkpoint file's model hyperparameters into the config (so the model is
+        # rebuilt as it was saved); an unreadable file must give a CheckpointError, not a traceback.
+        try:
+            super()._parse_ckpt_path()
+        except (SystemExit, MRQUserError):
+            raise
+        except Exception as err:  # truncated zip, garbage bytes, refused pickle ...
+            path = self.config[self.config.subcommand].get("ckpt_path")
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt or not a PyTorch checkpoint ({type(err).__name__}: {err}). Fix: resume "
+                "from another checkpoint (e.g. an earlier env_step=*.ckpt in the same directory) or start a fresh "
+                "run without --ckpt_path."
+            ) from err
+
+    def before_fit(self) -> None:
+        # `--ckpt_path <file>` inside this logger's tree: keep logging into that run's directory (`last` is
+        # resolved by MRQCheckpoint itself, before the logger picks a version).
+        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
+        if ckpt_path and str(ckpt_path) not in ("last", "best", "hpc", "registry"):
+            for callback in self.trainer.checkpoint_callbacks:
+                if isinstance(callback, MRQCheckpoint):
+                    callback.continue_run_of(self.trainer, ckpt_path)
 
 
 class _DropTips(logging.Filter):

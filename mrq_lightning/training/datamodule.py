@@ -7,21 +7,35 @@ transition, and hands the step index to the module, which then samples its own b
 Ordering pitfalls handled here (brief §4): the stream is *sized*, so Lightning does not prefetch the next env step
 before the current update; the DataLoader uses an identity collate; the collector is built in
 ``train_dataloader()``, i.e. after the module sits on its device.
+
+Checkpoint/resume (issue 5): :meth:`state_dict` (in the ``.ckpt``, rank 0) holds the data config and the sidecar
+name; :meth:`save_rank_state` writes each rank's replay buffer and its rank-local state (simulator state, the
+collector's current observation, episode bookkeeping, RNG states) into the sidecar; :meth:`load_state_dict` loads
+them back on every rank, and the first ``next()`` of the env-step stream re-applies the simulator state, the
+observation and the RNG states, so the run continues exactly where the checkpoint was taken.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
+from tensordict import TensorDict
 from torch.utils.data import DataLoader, IterableDataset
 from torchrl.collectors import Collector
 
 from mrq_lightning.data import MRQReplayBuffer
 from mrq_lightning.envs import EnvInfo, make_env, parse_env_name
+from mrq_lightning.envs.state import get_env_state, numpy_rng_state, set_env_state, set_numpy_rng_state
+from mrq_lightning.errors import CheckpointError
 from mrq_lightning.evaluation import evaluate_policy
+from mrq_lightning.training.checkpoint import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +58,40 @@ class EnvStepStream(IterableDataset):
         return max(self.total - self.start, 0)
 
     def __iter__(self):
+        # Resume: simulator state, current observation and RNG states go back right before the first env step,
+        # after everything Lightning does between restore and training (which may draw random numbers).
+        self.datamodule.apply_pending_resume()
         for step in range(self.start, self.total):
             self.datamodule.collect_step()
             yield step
+
+
+RANK_STATE_FORMAT = "mrq_lightning.rank_state/1"
+RANK_STATE_FILE = "state.pt"
+BUFFER_DIR = "buffer"
+# Data settings that must match to resume a checkpoint (the budget and evaluation settings may change).
+RESUME_KEYS = ("env", "seed", "random_steps", "buffer_capacity", "pixel_augmentation", "official_quirks")
+
+
+def capture_rng(device: torch.device | None = None) -> dict[str, Any]:
+    """Global RNG states: python, numpy, torch (CPU) and the CUDA device's, weights-only loadable."""
+    state = {
+        "python": random.getstate(),
+        "numpy": numpy_rng_state(np.random.mtrand._rand),
+        "torch": torch.get_rng_state(),
+    }
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng(state: dict[str, Any], device: torch.device | None = None) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    set_numpy_rng_state(np.random.mtrand._rand, state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 class MRQDataModule(LightningDataModule):
@@ -108,13 +153,32 @@ class MRQDataModule(LightningDataModule):
         self.env_steps = 0
         self.episodes = 0
         self._episode_return = 0.0
+        self._mid_episode = False  # the last stored transition did not end its episode
         self.completed_episode_returns: list[float] = []
         self.collect_time = 0.0
+        # Checkpointing: the sidecar directory name recorded in the next .ckpt, and a loaded rank state waiting to
+        # be applied at the first env step of the resumed stream.
+        self.checkpoint_sidecar: str | None = None
+        self._pending_resume: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ setup
     @property
     def rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0
+
+    @property
+    def world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
+    def resume_config(self) -> dict[str, Any]:
+        return {
+            "env": self.env_name,
+            "seed": self.seed,
+            "random_steps": self.random_steps,
+            "buffer_capacity": self.buffer_capacity,
+            "pixel_augmentation": self.pixel_augmentation,
+            "official_quirks": self.official_quirks,
+        }
 
     def _resolve_buffer_device(self) -> torch.device:
         if self.buffer_device != "auto":
@@ -175,6 +239,9 @@ class MRQDataModule(LightningDataModule):
             self.completed_episode_returns.append(self._episode_return)
             self.episodes += 1
             self._episode_return = 0.0
+            self._mid_episode = False
+        else:
+            self._mid_episode = True
         self.collect_time += time.perf_counter() - t0
 
     def evaluate(self, policy, exploration=None) -> list[float]:
@@ -185,9 +252,164 @@ class MRQDataModule(LightningDataModule):
             self.eval_env, policy, self.eval_episodes, exploration or ExplorationType.DETERMINISTIC
         )
 
+    # ------------------------------------------------------------------ checkpoint / resume
+    def state_dict(self) -> dict[str, Any]:
+        """Goes into the ``.ckpt`` (rank 0): the data config, env steps, world size and the sidecar's name."""
+        return {
+            "config": self.resume_config(),
+            "env_steps": self.env_steps,
+            "world_size": self.world_size,
+            "sidecar": self.checkpoint_sidecar,
+        }
+
+    def save_rank_state(self, rank_dir: str | Path, extra: dict[str, Any] | None = None) -> None:
+        """Write this rank's replay buffer and rank-local state into ``rank_dir`` (buffer first, state last)."""
+        rank_dir = Path(rank_dir)
+        self.buffer.dumps(rank_dir / BUFFER_DIR)
+        carrier = self.collector._carrier if self.collector is not None else None
+        device = self.trainer.strategy.root_device if self.trainer is not None else None
+        state = {
+            "format": RANK_STATE_FORMAT,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "env": self.env_name,
+            "env_steps": self.env_steps,
+            "episodes": self.episodes,
+            "episode_return": self._episode_return,
+            "mid_episode": self._mid_episode,
+            "completed_episode_returns": list(self.completed_episode_returns),
+            "buffer": {"size": len(self.buffer), "write_count": int(self.buffer.write_count)},
+            "carrier": None if carrier is None else carrier.cpu().to_dict(),
+            "env_state": get_env_state(self.env),
+            "eval_env_state": get_env_state(self.eval_env),
+            "rng": capture_rng(device),
+            **(extra or {}),
+        }
+        atomic_torch_save(state, rank_dir / RANK_STATE_FILE)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Validate the checkpoint against this config; when fitting, load this rank's sidecar."""
+        trainer = self.trainer
+        ckpt = Path(trainer.ckpt_path) if trainer is not None and trainer.ckpt_path else None
+        fix = "Fix: resume with the configuration of the original run, or drop --ckpt_path to start a fresh run."
+        saved = state_dict.get("config", {})
+        if trainer is None or trainer.state.fn != "fit":
+            return
+        mismatch = [f"data.{k}: checkpoint {saved.get(k)!r}, now {v!r}" for k, v in self.resume_config().items()
+                    if saved.get(k) != v]  # fmt: skip
+        if mismatch:
+            raise CheckpointError(f"checkpoint {ckpt} does not match this run's data config ({'; '.join(mismatch)}). {fix}")
+        if state_dict.get("world_size") != self.world_size:
+            raise CheckpointError(
+                f"checkpoint {ckpt} was written by {state_dict.get('world_size')} rank(s), this run has "
+                f"{self.world_size}: every rank restores its own env, RNG and replay buffer. Fix: resume with "
+                f"--trainer.devices {state_dict.get('world_size')} (same strategy and node count)."
+            )
+        if not state_dict.get("sidecar"):
+            raise CheckpointError(f"checkpoint {ckpt} names no replay sidecar; it cannot resume training. {fix}")
+        rank_dir = ckpt.parent / state_dict["sidecar"] / f"rank{self.rank}"
+        state_file = rank_dir / RANK_STATE_FILE
+        if not state_file.is_file():
+            raise CheckpointError(
+                f"checkpoint {ckpt}: its replay sidecar {rank_dir} is missing or incomplete (no {RANK_STATE_FILE}). "
+                f"Resuming needs the directory {state_dict['sidecar']} beside the .ckpt. Fix: copy it next to the "
+                "checkpoint, resume from another checkpoint, or start a fresh run without --ckpt_path."
+            )
+        try:
+            rank_state = torch.load(state_file, map_location="cpu", weights_only=True)
+        except Exception as err:  # any unpickling failure means a corrupt file
+            raise CheckpointError(f"checkpoint {ckpt}: rank state {state_file} is corrupt ({err}). {fix}") from err
+        if (
+            not isinstance(rank_state, dict)
+            or rank_state.get("format") != RANK_STATE_FORMAT
+            or rank_state.get("env_steps") != state_dict.get("env_steps")
+            or rank_state.get("env") != self.env_name
+        ):
+            raise CheckpointError(
+                f"checkpoint {ckpt}: rank state {state_file} does not belong to it (env steps "
+                f"{rank_state.get('env_steps') if isinstance(rank_state, dict) else '?'} vs "
+                f"{state_dict.get('env_steps')}). {fix}"
+            )
+        try:
+            self.buffer.loads(rank_dir / BUFFER_DIR)
+        except (CheckpointError, FileNotFoundError) as err:
+            raise CheckpointError(f"checkpoint {ckpt}: cannot restore the replay buffer: {err}. {fix}") from err
+        expected = rank_state["buffer"]
+        if len(self.buffer) != expected["size"] or int(self.buffer.write_count) != expected["write_count"]:
+            raise CheckpointError(
+                f"checkpoint {ckpt}: replay buffer in {rank_dir} holds {len(self.buffer)} slots / "
+                f"{self.buffer.write_count} writes, the rank state expects {expected['size']} / "
+                f"{expected['write_count']}. {fix}"
+            )
+        self.env_steps = int(rank_state["env_steps"])
+        self.episodes = int(rank_state["episodes"])
+        self._episode_return = float(rank_state["episode_return"])
+        self._mid_episode = bool(rank_state["mid_episode"])
+        self.completed_episode_returns = list(rank_state["completed_episode_returns"])
+        self._pending_resume = rank_state
+        log.info("rank %d: restored replay buffer (%d slots) and state at env step %d from %s",
+                 self.rank, len(self.buffer), self.env_steps, rank_dir)  # fmt: skip
+
+    def apply_pending_resume(self) -> None:
+        """Put the simulator, the collector's current observation and the RNGs back (first env step after resume)."""
+        state, self._pending_resume = self._pending_resume, None
+        if state is None:
+            return
+        collector = self.collector
+        restored = False
+        if state["env_state"] is not None:
+            try:
+                set_env_state(self.env, state["env_state"])
+            except ValueError as err:
+                raise CheckpointError(f"cannot restore the {self.env_name} simulator state: {err}") from err
+            carrier = collector._carrier
+            collector._carrier = TensorDict(state["carrier"], batch_size=carrier.batch_size, device=carrier.device)
+            restored = True
+        if state.get("eval_env_state") is not None:
+            set_env_state(self.eval_env, state["eval_env_state"])
+        if not restored:
+            log.warning(
+                "rank %d: the %s simulator state cannot be saved/restored; the resumed run starts a fresh episode at "
+                "env step %d (the interrupted episode is stored as truncated).", self.rank, self.env_name,
+                self.env_steps,
+            )  # fmt: skip
+            if self._mid_episode and state["carrier"] is not None:
+                self._truncate_interrupted_episode(state["carrier"]["observation"])
+            self._episode_return = 0.0
+            self._mid_episode = False
+        restore_rng(state["rng"], self.trainer.strategy.root_device if self.trainer is not None else None)
+
+    def _truncate_interrupted_episode(self, observation: torch.Tensor) -> None:
+        """Close the buffer's open episode as truncated at ``observation`` (its last successor state).
+
+        Uses the public ``extend``: one placeholder transition s -> s with zero action and reward, flagged
+        truncated. A truncated episode's last ``horizon`` transitions never become valid starts, so the placeholder
+        is never sampled, while the window that ends at ``observation`` becomes valid, as it would have been.
+        """
+        obs = observation.reshape(1, *self.env_info.obs_shape)
+        flag = torch.ones(1, 1, dtype=torch.bool)
+        td = TensorDict(
+            {
+                "observation": obs,
+                "action": torch.zeros(1, self.env_info.action_dim),
+                "next": {
+                    "observation": obs,
+                    "reward": torch.zeros(1, 1),
+                    "terminated": ~flag,
+                    "truncated": flag,
+                    "done": flag,
+                },
+            },
+            batch_size=[1],
+        )
+        self.buffer.extend(td)
+
     # ------------------------------------------------------------------ loaders
     def train_dataloader(self) -> DataLoader:
         module = self.trainer.lightning_module
+        if self.env_steps >= self.total_steps:
+            log.warning("env step %d already reaches data.total_steps=%d: nothing to train (raise --data.total_steps "
+                        "to continue this run)", self.env_steps, self.total_steps)  # fmt: skip
         self.build_collector(module.acting_policy, start_step=self.env_steps)
         stream = EnvStepStream(self, self.env_steps, self.total_steps)
         return DataLoader(stream, batch_size=None, num_workers=0, collate_fn=_identity)

@@ -9,24 +9,48 @@ Per ``training_step`` (= one environment step, already taken and stored by the D
 
 Every count users see is in environment steps: ``env_steps`` is stored in the checkpoint; Lightning's
 ``global_step`` counts optimizer steps (about 3 per env step) and is never used as a budget.
+
+Distributed data parallel (``--trainer.devices N --trainer.strategy ddp_find_unused_parameters_true``): every rank
+has its own DataModule (env seeded ``seed + 1000 * rank``, its own collector and replay buffer) and its own torch /
+numpy / python RNG streams (``seed + 1000 * rank``); one ``training_step`` is one env step *per rank*, so one update
+uses N env steps and a global batch of N x ``batch_size`` (DDP averages the gradients; parameters stay identical on
+all ranks). The reward scale r̄ is the mean over ranks of each rank's buffer mean, so every rank uses the same one.
+``data.total_steps`` counts env steps per rank (the TensorBoard x-axis); ``train/global_env_steps`` = N x env steps.
+Evaluation and TensorBoard run on rank 0 only.
+
+Precision: ``32-true`` or ``bf16-mixed`` (autocast around the networks; two-hot, TD targets, reward scaling and
+priorities stay fp32 inside :class:`MRQLoss`). ``16-mixed`` on a GPU is refused (see :meth:`setup`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import time
 from statistics import mean
 
 import torch
+from lightning.fabric.utilities.seed import seed_everything
 from lightning.pytorch import LightningModule
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
 from torchrl.envs.utils import ExplorationType
 
+from mrq_lightning.errors import CheckpointError, MRQUserError
 from mrq_lightning.modules.builders import MRQActor, make_mrq_networks
 from mrq_lightning.objectives.mrq_loss import MRQLoss
+from mrq_lightning.training.checkpoint import CKPT_FORMAT
+
+log = logging.getLogger(__name__)
 
 __all__ = ["MRQ"]
+
+SUPPORTED_PRECISION = ("32-true", "32", "bf16-mixed")
+# Hyperparameters that may differ between a checkpoint and the run resuming it.
+_RESUME_FREE_HPARAMS = {"log_every_n_env_steps"}
 
 
 class MRQ(LightningModule):
@@ -95,10 +119,34 @@ class MRQ(LightningModule):
 
     # ------------------------------------------------------------------ construction
     def setup(self, stage: str) -> None:
+        precision = str(self.trainer.precision)
+        if precision not in SUPPORTED_PRECISION:
+            raise MRQUserError(
+                f"--trainer.precision {precision} is not supported by MR.Q here; use 32-true (default) or bf16-mixed. "
+                "16-mixed would put three optimizers (one clipped) behind one GradScaler and clip scaled gradients "
+                "(Lightning #18089); bf16-mixed has fp32's range and needs no scaler. (On CPU Lightning already "
+                "turns 16-mixed into bf16-mixed.)"
+            )
         if self.loss_module is not None:
             return
         info = self.trainer.datamodule.env_info
         self.configure_networks(info)
+
+    def on_fit_start(self) -> None:
+        trainer = self.trainer
+        world = trainer.world_size
+        if world > 1:
+            # seed_everything gave every rank the same streams; exploration noise and random actions must differ.
+            base = int(os.environ.get("PL_GLOBAL_SEED", trainer.datamodule.seed))
+            seed_everything(base + 1000 * trainer.global_rank, verbose=False)
+            hp, dm = self.hparams, trainer.datamodule
+            rank_zero_info(
+                f"MR.Q DDP: {world} ranks, one env + replay buffer each (env seed = seed + 1000 * rank). One update = "
+                f"{world} env steps (one per rank), global batch {world} x {hp.batch_size} = {world * hp.batch_size} "
+                f"(gradients averaged); data.total_steps={dm.total_steps} and random_steps={dm.random_steps} count "
+                f"env steps per rank (global budget {world * dm.total_steps}); TensorBoard x-axis = per-rank env "
+                "steps, train/global_env_steps = world_size x env steps; reward scale = mean over ranks."
+            )
 
     def configure_networks(self, info) -> None:
         """Build networks and the loss for an environment described by ``info`` (an :class:`EnvInfo`)."""
@@ -138,10 +186,14 @@ class MRQ(LightningModule):
 
     def configure_optimizers(self):
         hp, loss = self.hparams, self.loss_module
+        # The fused AdamW kernel is the same update as the default foreach one, about 4x faster on CPU
+        # (0.9 vs 3-5 ms per encoder step here); it needs fp32 params on CPU/CUDA and no GradScaler (16-mixed).
+        fused = self.trainer is None or self.trainer.precision not in ("16-mixed", "16")
+        kwargs = {"weight_decay": hp.weight_decay, "fused": fused}
         return [
-            torch.optim.AdamW(loss.encoder.parameters(), lr=hp.encoder_lr, weight_decay=hp.weight_decay),
-            torch.optim.AdamW(loss.critic.parameters(), lr=hp.value_lr, weight_decay=hp.weight_decay),
-            torch.optim.AdamW(loss.policy.parameters(), lr=hp.policy_lr, weight_decay=hp.weight_decay),
+            torch.optim.AdamW(loss.encoder.parameters(), lr=hp.encoder_lr, **kwargs),
+            torch.optim.AdamW(loss.critic.parameters(), lr=hp.value_lr, **kwargs),
+            torch.optim.AdamW(loss.policy.parameters(), lr=hp.policy_lr, **kwargs),
         ]
 
     # ------------------------------------------------------------------ training
@@ -149,7 +201,10 @@ class MRQ(LightningModule):
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         if clip is not None:
-            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+            # What `self.clip_gradients(..., "norm")` does under 32-true, without its precision-plugin dispatch: that
+            # refuses fused optimizers under any *-mixed precision, although bf16-mixed has no GradScaler (gradients
+            # are never scaled here; 16-mixed, which would scale them, is refused in `setup`). Also ~70 µs cheaper.
+            torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], clip)
         optimizer.step()
 
     def training_step(self, step_index: int, batch_idx: int) -> None:
@@ -190,7 +245,13 @@ class MRQ(LightningModule):
         """Target sync + reward-scale refresh + ``target_update_period`` encoder updates (spec §9 step 4)."""
         hp = self.hparams
         t0 = time.perf_counter()
-        self.loss_module.sync_targets(buffer.reward_scale())
+        reward_scale = buffer.reward_scale()
+        if self.trainer is not None and self.trainer.world_size > 1:
+            # Every rank must use the same r̄: the mean over ranks of each rank's buffer mean.
+            reward_scale = self.trainer.strategy.reduce(
+                reward_scale.detach().to(self.device, torch.float32).clone(), reduce_op="mean"
+            )
+        self.loss_module.sync_targets(reward_scale)
         sample_time = 0.0
         for _ in range(hp.target_update_period):
             s0 = time.perf_counter()
@@ -204,15 +265,19 @@ class MRQ(LightningModule):
 
     # ------------------------------------------------------------------ evaluation and logging
     def _evaluate(self, datamodule, at_step: int) -> None:
-        if datamodule.eval_episodes == 0:
+        if datamodule.eval_episodes == 0 or (self.trainer is not None and not self.trainer.is_global_zero):
             return
         t0 = time.perf_counter()
         was_training = self.training
         self.eval()
-        returns = datamodule.evaluate(self.acting_policy)
-        scalars = {"eval/return": mean(returns), "eval/return_std": float(torch.tensor(returns).std()) if len(returns) > 1 else 0.0}
-        if self.env_info.discrete:  # spec §16 Q10: the official rule is stochastic; log the greedy one beside it
-            scalars["eval/return_greedy"] = mean(datamodule.evaluate(self.acting_policy, ExplorationType.MODE))
+        # Evaluation draws from its own copy of the torch RNG and runs in fp32: training is unaffected by when (or
+        # whether) it evaluates, so a resumed run matches an uninterrupted one whatever the eval schedule.
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.autocast(self.device.type, enabled=False):
+            returns = datamodule.evaluate(self.acting_policy)
+            scalars = {"eval/return": mean(returns), "eval/return_std": float(torch.tensor(returns).std()) if len(returns) > 1 else 0.0}
+            if self.env_info.discrete:  # spec §16 Q10: the official rule is stochastic; log the greedy one beside it
+                scalars["eval/return_greedy"] = mean(datamodule.evaluate(self.acting_policy, ExplorationType.MODE))
         self.train(was_training)
         self.last_eval_return = scalars["eval/return"]
         self._write_scalars(scalars, at_step)
@@ -230,6 +295,7 @@ class MRQ(LightningModule):
                 "train/reward_scale": float(self.loss_module.reward_scale),
                 "train/target_reward_scale": float(self.loss_module.target_reward_scale),
                 "train/rl_updates": self.rl_updates,
+                "train/global_env_steps": self.env_steps * (self.trainer.world_size if self.trainer else 1),
                 "train/episodes": datamodule.episodes,
                 "buffer/size": len(buffer),
             }
@@ -261,9 +327,62 @@ class MRQ(LightningModule):
 
     # ------------------------------------------------------------------ checkpoint
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["mrq"] = {"env_steps": self.env_steps, "rl_updates": self.rl_updates, "env": self.env_info.name}
+        checkpoint["mrq"] = {
+            "format": CKPT_FORMAT,
+            "env": self.env_info.name,
+            "env_steps": self.env_steps,
+            "rl_updates": self.rl_updates,
+            "world_size": self.trainer.world_size if self.trainer is not None else 1,
+            "last_eval_return": float(self.last_eval_return),
+            "pending_metrics": {k: float(v) for k, v in self._metrics.items()},
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint.get("mrq", {})
-        self.env_steps = state.get("env_steps", 0)
-        self.rl_updates = state.get("rl_updates", 0)
+        """Validate the checkpoint against this run (clear :class:`CheckpointError`s), then restore the counters."""
+        trainer = self.trainer
+        path = trainer.ckpt_path if trainer is not None else None
+        fitting = trainer is not None and trainer.state.fn == "fit"
+        fresh = "drop --ckpt_path to start a fresh run"
+        state = checkpoint.get("mrq")
+        if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT:
+            raise CheckpointError(
+                f"checkpoint {path} was not written by mrq_lightning's trainer (no {CKPT_FORMAT!r} section). Fix: pass "
+                f"a checkpoint saved by `python -m mrq_lightning fit` (e.g. --ckpt_path last), or {fresh}."
+            )
+        if state["env"] != self.env_info.name:
+            raise CheckpointError(
+                f"checkpoint {path} was trained on {state['env']}, this run is configured for {self.env_info.name}. "
+                f"Fix: pass --data.env {state['env']} with the original config to resume it, or {fresh}."
+            )
+        if fitting and type(trainer.datamodule).__qualname__ not in checkpoint:
+            raise CheckpointError(
+                f"checkpoint {path} has no {type(trainer.datamodule).__qualname__} state (replay sidecar, env state); "
+                f"it cannot resume training. Fix: resume from a checkpoint written by `fit`, or {fresh}."
+            )
+        saved_hp = checkpoint.get("hyper_parameters", {})
+        diffs = [f"model.{k}: checkpoint {saved_hp.get(k)!r}, now {v!r}" for k, v in self.hparams.items()
+                 if k not in _RESUME_FREE_HPARAMS and k in saved_hp and saved_hp[k] != v]  # fmt: skip
+        own = self.state_dict()
+        saved_sd = checkpoint.get("state_dict", {})
+        shapes = [f"{k}: checkpoint {tuple(v.shape)}, now {tuple(own[k].shape) if k in own else 'absent'}"
+                  for k, v in saved_sd.items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]  # fmt: skip
+        shapes += [f"{k}: missing from the checkpoint" for k in own if k not in saved_sd]
+        if shapes or (fitting and diffs):
+            details = "; ".join((diffs + shapes)[:8]) + (" ..." if len(diffs + shapes) > 8 else "")
+            raise CheckpointError(
+                f"checkpoint {path} was written with a different model configuration ({details}). Fix: use the same "
+                f"--config files and overrides as the run that wrote it, or {fresh}."
+            )
+        self.env_steps = int(state["env_steps"])
+        self.rl_updates = int(state["rl_updates"])
+        self.last_eval_return = float(state.get("last_eval_return", math.nan))
+        self._metrics = dict(state.get("pending_metrics", {}))
+        # The fit loop restarts: one epoch = the remaining env steps, streamed from the restored env step (restoring
+        # Lightning's loop progress would end a finished epoch at once and count the budget in optimizer steps).
+        checkpoint.pop("loops", None)
+        if fitting:
+            for logger in trainer.loggers:
+                if isinstance(logger, TensorBoardLogger) and logger._experiment is None:
+                    # Hide events a crashed run wrote after this checkpoint; the resumed run rewrites them.
+                    logger._kwargs["purge_step"] = self.env_steps + 1
+            rank_zero_info(f"MR.Q resumes at env step {self.env_steps} ({self.rl_updates} RL updates) from {path}")

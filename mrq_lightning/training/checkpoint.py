@@ -1,0 +1,412 @@
+"""Checkpoints by environment step, atomic writes, replay-buffer sidecars and ``--ckpt_path last`` resolution.
+
+Layout (default: under the logger's run directory, so one directory per run)::
+
+    <save_dir>/<name>/version_<k>/
+        events.out.tfevents.*             TensorBoard (resumed runs append here; x-axis = env steps)
+        config.yaml                       the resolved CLI config
+        checkpoints/
+            mrq_run.json                  {"env", "seed", "world_size"}: what ``--ckpt_path last`` matches on
+            env_step=0400000.ckpt         Lightning checkpoint (rank 0): networks, targets, optimizers, reward
+                                          scales, counters, hyperparameters, datamodule config
+            env_step=0400000.replay/      its sidecar, one directory per rank:
+                rank0/buffer/             MRQReplayBuffer.dumps (meta.json, state.pt)
+                rank0/state.pt            per-rank state: env simulator + RNG states, collector observation,
+                                          episode bookkeeping, RNG states (python, numpy, torch, CUDA)
+                rank1/...
+            last.ckpt                     hard link to (or copy of) the newest env_step checkpoint
+
+Write order (crash safe): every rank writes its sidecar (buffer first, then ``state.pt``, each atomically), barrier,
+rank 0 writes the ``.ckpt`` to a temporary file, fsyncs it and renames it into place, then replaces ``last.ckpt``
+the same way, and only then deletes checkpoints beyond ``keep_last``. A crash at any point leaves every ``*.ckpt``
+complete and beside a complete sidecar; leftovers (hidden ``.*.tmp*`` files, sidecars without a ``.ckpt``) are
+removed by the next save.
+
+Resume (``--ckpt_path last``): the newest ``last.ckpt`` among the runs under ``<save_dir>/<name>/`` whose
+``mrq_run.json`` has the same env and seed; the resumed run continues in that run directory (same TensorBoard
+version, events past the checkpoint's env step are purged). A fresh ``fit`` always gets a new version directory,
+so it never touches an earlier run's checkpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+
+from mrq_lightning.errors import CheckpointError, MRQUserError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CKPT_FORMAT", "AtomicCheckpointIO", "MRQCheckpoint", "atomic_torch_save", "env_step_name"]
+
+CKPT_FORMAT = "mrq_lightning.ckpt/1"
+RUN_FILE = "mrq_run.json"
+SIDECAR_SUFFIX = ".replay"
+LAST = "last.ckpt"
+_STEP_RE = re.compile(r"^env_step=(\d+)\.ckpt$")
+
+
+def env_step_name(step: int) -> str:
+    return f"env_step={step:07d}"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a hidden temporary file in the same directory, fsync, then rename into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _atomic_link_or_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` a hard link to ``src`` (a copy where links are unsupported), replacing ``dst`` atomically."""
+    tmp = dst.parent / f".{dst.name}.{os.getpid()}.tmp"
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+    os.replace(tmp, dst)
+    _fsync_dir(dst.parent)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO`` with crash-safe writes and :class:`CheckpointError` on unreadable files."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not take storage_options")
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict[str, Any]:
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(
+                f"checkpoint {path} does not exist. Fix: pass an existing .ckpt file, or --ckpt_path last to "
+                "resume the newest run of this configuration."
+            )
+        kwargs = {} if map_location is None else {"map_location": map_location}
+        try:
+            checkpoint = super().load_checkpoint(path, weights_only=weights_only, **kwargs)
+        except Exception as err:  # truncated zip, garbage, unpickling refusal ...
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt or not a PyTorch checkpoint ({type(err).__name__}: {err}). "
+                "Fix: resume from another checkpoint (e.g. an earlier env_step=*.ckpt in the same directory) "
+                "or start a fresh run without --ckpt_path."
+            ) from err
+        state = checkpoint.get("mrq") if isinstance(checkpoint, dict) else None
+        if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT or "pytorch-lightning_version" not in checkpoint:
+            raise CheckpointError(
+                f"checkpoint {path} was not written by mrq_lightning's trainer (no {CKPT_FORMAT!r} section). Fix: pass "
+                "a checkpoint saved by `python -m mrq_lightning fit` (e.g. --ckpt_path last), or drop --ckpt_path to "
+                "start a fresh run."
+            )
+        return checkpoint
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """SHA-256 over every parameter and buffer (names, dtypes, shapes, bytes): equal digests = identical weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def _version_of(run_dir: Path) -> int | str:
+    match = re.fullmatch(r"version_(\d+)", run_dir.name)
+    return int(match.group(1)) if match else run_dir.name
+
+
+class MRQCheckpoint(ModelCheckpoint):
+    """Checkpoint every ``every_n_env_steps`` environment steps and at the end of ``fit`` (see the module docstring).
+
+    Lightning's ``global_step`` counts optimizer steps (about 3 per env step); this callback only looks at
+    ``MRQ.env_steps``. File names carry the env step (``env_step=0400000.ckpt``) and ``last.ckpt`` always points at
+    the newest one.
+
+    Args:
+        dirpath: checkpoint directory. Default: ``<save_dir>/<name>/<version>/checkpoints`` of the first logger (a new
+            version per fresh run), else ``<default_root_dir>/checkpoints``. An explicit directory that already
+            holds checkpoints is refused by a fresh (non-resume) fit, so an old run is never overwritten.
+        every_n_env_steps: cadence in env steps (per rank); 0 = only at the end of fit.
+        keep_last: number of ``env_step=*`` checkpoints (with their replay sidecars) to keep; -1 keeps all. The
+            sidecar holds the whole replay buffer (about 7 GB for Atari), so the default keeps one.
+        save_at_end: also checkpoint when the env-step budget is reached.
+    """
+
+    def __init__(
+        self,
+        dirpath: str | None = None,
+        every_n_env_steps: int = 100_000,
+        keep_last: int = 1,
+        save_at_end: bool = True,
+    ) -> None:
+        if every_n_env_steps < 0 or keep_last == 0 or keep_last < -1:
+            raise MRQUserError(
+                f"checkpoint.every_n_env_steps must be >= 0 and checkpoint.keep_last >= 1 or -1 (all); got "
+                f"every_n_env_steps={every_n_env_steps}, keep_last={keep_last}"
+            )
+        # save_top_k=0: Lightning's top-k machinery (and its "directory not empty" warning) is not used.
+        super().__init__(
+            dirpath=dirpath, save_top_k=0, every_n_train_steps=0, every_n_epochs=0, save_on_train_epoch_end=False
+        )
+        self._user_dirpath = dirpath
+        self.every_n_env_steps = int(every_n_env_steps)
+        self.keep_last = int(keep_last)
+        self.save_at_end = bool(save_at_end)
+        self._last_saved_step = -1
+        self.last_save_seconds = 0.0
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        io = trainer.strategy.checkpoint_io
+        if type(io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        elif not isinstance(io, AtomicCheckpointIO):
+            rank_zero_warn(f"checkpoint IO {type(io).__name__} is not MR.Q's atomic writer; crash safety is its own")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._last_saved_step = pl_module.env_steps if trainer.ckpt_path else -1
+        directory = Path(self.dirpath)
+        if not trainer.ckpt_path and any(self._step_checkpoints(directory)):
+            # Only reachable with a fixed directory (explicit dirpath or no logger): logger versions are fresh.
+            raise MRQUserError(
+                f"checkpoint directory {directory} already holds checkpoints of another run, and this fit does not "
+                "resume it. Fix: add --ckpt_path last to resume it, or choose another --checkpoint.dirpath."
+            )
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        step = pl_module.env_steps
+        if step == self._last_saved_step:
+            return
+        due = self.every_n_env_steps > 0 and step % self.every_n_env_steps == 0
+        if due or (self.save_at_end and step >= trainer.datamodule.total_steps):
+            self.save(trainer, pl_module)
+
+    # ModelCheckpoint's epoch / validation / exception / train-end triggers are replaced by the env-step ones.
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        pass
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        pass
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        pass
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"dirpath": self.dirpath, "last_model_path": self.last_model_path}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass  # nothing to carry over: file names and cadence derive from env steps
+
+    # ------------------------------------------------------------------ saving
+    @staticmethod
+    def _step_checkpoints(directory: Path) -> list[tuple[int, Path]]:
+        if not directory.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _STEP_RE.match(p.name)) and p.is_file()]
+        return sorted(found)
+
+    def save(self, trainer, pl_module) -> Path:
+        """Write the checkpoint of the current env step (all ranks must call this)."""
+        t0 = time.perf_counter()
+        strategy = trainer.strategy
+        directory = Path(self.dirpath)
+        step = pl_module.env_steps
+        name = env_step_name(step)
+        ckpt = directory / f"{name}.ckpt"
+        sidecar = directory / f"{name}{SIDECAR_SUFFIX}"
+        datamodule = trainer.datamodule
+
+        digest = state_digest(pl_module)
+        datamodule.save_rank_state(sidecar / f"rank{trainer.global_rank}", extra={"state_digest": digest})
+        self._check_ranks_agree(trainer, digest)
+        strategy.barrier("mrq_checkpoint_sidecars")
+
+        if trainer.is_global_zero:
+            self._write_run_file(directory, trainer)
+            for logger in trainer.loggers:
+                logger.save()  # flush TensorBoard: what was logged up to this checkpoint survives a crash
+        datamodule.checkpoint_sidecar = sidecar.name
+        try:
+            trainer.save_checkpoint(ckpt, weights_only=False)  # rank 0 writes (AtomicCheckpointIO), then a barrier
+        finally:
+            datamodule.checkpoint_sidecar = None  # another save (e.g. a user's) must not claim this sidecar
+        if trainer.is_global_zero:
+            _atomic_link_or_copy(ckpt, directory / LAST)
+            self._prune(directory, keep=ckpt)
+        strategy.barrier("mrq_checkpoint_done")
+        self._last_saved_step = step
+        self.last_model_path = str(ckpt)
+        self.best_model_path = str(ckpt)
+        self._last_checkpoint_saved = str(ckpt)
+        self._last_global_step_saved = trainer.global_step
+        self.last_save_seconds = time.perf_counter() - t0
+        rank_zero_info(f"MR.Q checkpoint at env step {step}: {ckpt} ({self.last_save_seconds:.1f} s)")
+        return ckpt
+
+    @staticmethod
+    def _check_ranks_agree(trainer, digest: str) -> None:
+        if trainer.world_size <= 1:
+            return
+        import torch.distributed as dist
+
+        mine = torch.tensor([int(digest[:15], 16)], dtype=torch.int64, device=trainer.strategy.root_device)
+        gathered = [torch.zeros_like(mine) for _ in range(trainer.world_size)]
+        dist.all_gather(gathered, mine)
+        every = [int(t.item()) for t in gathered]
+        if len(set(every)) != 1:
+            rank_zero_warn(
+                f"DDP ranks hold different parameters at env step {trainer.lightning_module.env_steps} "
+                f"(digest prefixes {every}); gradients are not being averaged as expected."
+            )
+
+    def _write_run_file(self, directory: Path, trainer) -> None:
+        path = directory / RUN_FILE
+        datamodule = trainer.datamodule
+        info = {"format": CKPT_FORMAT, "env": datamodule.env_name, "seed": datamodule.seed,
+                "world_size": trainer.world_size}  # fmt: skip
+        if path.is_file():
+            try:
+                if json.loads(path.read_text()) == info:
+                    return
+            except (OSError, ValueError):
+                pass
+        tmp = directory / f".{RUN_FILE}.tmp"
+        tmp.write_text(json.dumps(info, indent=1))
+        os.replace(tmp, path)
+
+    def _prune(self, directory: Path, keep: Path) -> None:
+        """Drop checkpoints beyond ``keep_last`` (ckpt first, then its sidecar) and crash leftovers."""
+        checkpoints = [p for _, p in self._step_checkpoints(directory) if p != keep]
+        older_kept = len(checkpoints) if self.keep_last == -1 else self.keep_last - 1
+        doomed = checkpoints[: max(len(checkpoints) - older_kept, 0)]
+        for path in doomed:
+            path.unlink(missing_ok=True)
+        keep_sidecars = {p.name[: -len(".ckpt")] + SIDECAR_SUFFIX for _, p in self._step_checkpoints(directory)}
+        for entry in directory.iterdir():
+            if entry.name.endswith(SIDECAR_SUFFIX) and entry.is_dir() and entry.name not in keep_sidecars:
+                shutil.rmtree(entry, ignore_errors=True)  # pruned, or orphaned by a crash before its .ckpt
+            elif entry.name.startswith(".") and ".tmp" in entry.name:
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        for sidecar in directory.glob(f"*{SIDECAR_SUFFIX}/rank*"):
+            for entry in sidecar.glob(".*"):  # replay-buffer dumps' own temporaries
+                if ".tmp-" in entry.name or ".old-" in entry.name:
+                    shutil.rmtree(entry, ignore_errors=True)
+
+    # ------------------------------------------------------------------ resume resolution
+    def _candidate_dirs(self, trainer) -> list[Path]:
+        if self._user_dirpath is not None:
+            return [Path(self._user_dirpath)]
+        if trainer.loggers:
+            logger = trainer.loggers[0]
+            root = getattr(logger, "root_dir", None)
+            version = getattr(logger, "_version", None)
+            if root is not None:
+                if version is not None:  # the user fixed the version
+                    version = version if isinstance(version, str) else f"version_{version}"
+                    return [Path(root) / version / "checkpoints"]
+                root = Path(root)
+                return sorted(p / "checkpoints" for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        return [Path(trainer.default_root_dir) / "checkpoints"]
+
+    def find_last(self, trainer) -> Path | None:
+        """The newest ``last.ckpt`` of a run with this env and seed (see the module docstring), or ``None``."""
+        datamodule = trainer.datamodule
+        best: tuple[float, Path] | None = None
+        others = []
+        for directory in self._candidate_dirs(trainer):
+            last = directory / LAST
+            if not last.is_file():
+                continue
+            try:
+                info = json.loads((directory / RUN_FILE).read_text())
+            except (OSError, ValueError):
+                info = None
+            if info is not None and (info.get("env"), info.get("seed")) != (datamodule.env_name, datamodule.seed):
+                others.append(f"{directory.parent.name}: {info.get('env')} seed {info.get('seed')}")
+                continue
+            mtime = last.stat().st_mtime
+            if best is None or mtime > best[0]:
+                best = (mtime, last)
+        if best is None:
+            rank_zero_warn(
+                f"--ckpt_path last: no earlier run of {datamodule.env_name} with seed {datamodule.seed} found"
+                + (f" (runs of other configurations: {', '.join(others)})" if others else "")
+                + "; starting a fresh run."
+            )
+            return None
+        return best[1]
+
+    def continue_run_of(self, trainer, ckpt_path: str | os.PathLike) -> None:
+        """Log into the run directory of ``ckpt_path`` when it lies in this logger's tree (fit only)."""
+        if self._user_dirpath is not None or not trainer.loggers:
+            return
+        logger = trainer.loggers[0]
+        root = getattr(logger, "root_dir", None)
+        if root is None or getattr(logger, "_version", None) is not None:
+            return
+        run_dir = Path(ckpt_path).absolute().parent.parent
+        if Path(ckpt_path).absolute().parent.name == "checkpoints" and run_dir.parent == Path(root).absolute():
+            logger._version = _version_of(run_dir)
+            rank_zero_info(f"Resuming run directory {run_dir}")
+
+    def _find_last_checkpoints(self, trainer) -> set[str]:
+        # Called by Lightning for ckpt_path="last", before the logger picks its version directory.
+        last = self.find_last(trainer)
+        if last is None:
+            return set()
+        if trainer.state.fn == "fit":
+            self.continue_run_of(trainer, last)
+        return {str(last)}

@@ -1,0 +1,105 @@
+"""Distributed data parallel (2 CPU processes, gloo) and bf16-mixed smoke fits through the real CLI and the config
+overlays (issue 5); 16-mixed is refused with a clear message."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "OMP_NUM_THREADS": "1"}
+BASE = ["fit", "--config", f"{REPO}/configs/dmc.yaml", "--config", f"{REPO}/configs/smoke.yaml",
+        "--data.env", "Dmc-cartpole-balance", "--data.total_steps", "200", "--progress_bar.refresh_rate", "0"]  # fmt: skip
+RUN_DIR = Path("logs") / "mrq" / "version_0"
+
+
+def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "mrq_lightning", *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def _scalar_values(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("ddp")
+    proc = _cli([*BASE, "--config", f"{REPO}/configs/overlays/ddp.yaml", "--trainer.accelerator", "cpu"], cwd)
+    return cwd, proc
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_ranks_keep_identical_parameters(ddp_run):
+    cwd, proc = ddp_run
+    output = proc.stdout + proc.stderr
+    assert "distributed_backend=gloo" in output and "MR.Q DDP: 2 ranks" in output
+    assert "global batch 2 x 32 = 64" in output
+    ckpt_dir = cwd / RUN_DIR / "checkpoints"
+    checkpoint = torch.load(ckpt_dir / "last.ckpt", weights_only=True)
+    # 100 random steps then 100 RL updates per rank (4 encoder bursts of 25 steps, each step all-reduced).
+    assert checkpoint["mrq"]["world_size"] == 2 and checkpoint["mrq"]["rl_updates"] == 100
+    sidecar = ckpt_dir / checkpoint["MRQDataModule"]["sidecar"]
+    ranks = [torch.load(sidecar / f"rank{r}" / "state.pt", weights_only=True) for r in (0, 1)]
+    buffers = [torch.load(sidecar / f"rank{r}" / "buffer" / "state.pt", weights_only=True) for r in (0, 1)]
+    # Same weights, targets and reward scales on both ranks (SHA-256 over the whole state_dict) ...
+    assert ranks[0]["state_digest"] == ranks[1]["state_digest"]
+    assert ranks[0]["env_steps"] == ranks[1]["env_steps"] == 200
+    # ... from different experience: own env seeds, own buffers, own RNG streams.
+    assert not torch.equal(buffers[0]["storage"]["tensors"]["frames"], buffers[1]["storage"]["tensors"]["frames"])
+    assert not torch.equal(ranks[0]["rng"]["torch"], ranks[1]["rng"]["torch"])
+    scale = checkpoint["state_dict"]["loss_module.reward_scale"]
+    assert torch.isfinite(scale) and scale > 0
+    # Rank 0 writes TensorBoard: env steps per rank on the x-axis, global env steps logged beside them.
+    scalars = _scalar_values(cwd / RUN_DIR)
+    assert [step for step, _ in scalars["eval/return"]] == [0, 200]
+    assert all(value == 2 * step for step, value in scalars["train/global_env_steps"])
+
+
+@pytest.mark.slow
+def test_ddp_checkpoint_needs_the_same_number_of_ranks(ddp_run, tmp_path, monkeypatch, capsys):
+    from mrq_lightning.training.cli import main
+
+    ckpt = ddp_run[0] / RUN_DIR / "checkpoints" / "last.ckpt"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main([*BASE[:-4], "--data.total_steps", "300", "--ckpt_path", str(ckpt)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint {ckpt} was written by 2 rank(s), this run has 1" in err and "--trainer.devices 2" in err
+
+
+@pytest.mark.slow
+def test_bf16_mixed_smoke_fit(tmp_path):
+    proc = _cli([*BASE, "--config", f"{REPO}/configs/overlays/bf16.yaml"], tmp_path)
+    assert "bfloat16 Automatic Mixed Precision" in proc.stdout + proc.stderr
+    scalars = _scalar_values(tmp_path / RUN_DIR)
+    for tag in ("loss/encoder", "loss/value", "loss/policy", "train/q_mean", "eval/return"):
+        assert scalars[tag] and all(math.isfinite(v) for _, v in scalars[tag]), tag
+    # Weights and optimizer states stay fp32 under autocast.
+    checkpoint = torch.load(tmp_path / RUN_DIR / "checkpoints" / "last.ckpt", weights_only=True)
+    assert {v.dtype for k, v in checkpoint["state_dict"].items() if v.is_floating_point()} == {torch.float32}
+
+
+def test_16_mixed_is_refused_with_a_clear_message():
+    from mrq_lightning.errors import MRQUserError
+    from mrq_lightning.training import MRQ
+
+    module = MRQ()
+    module._trainer = SimpleNamespace(precision="16-mixed")
+    with pytest.raises(MRQUserError, match="use 32-true \\(default\\) or bf16-mixed"):
+        module.setup("fit")

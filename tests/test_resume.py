@@ -1,0 +1,287 @@
+"""Checkpoint / resume through the real CLI (issue 5): exact continuation, TensorBoard continuity, crash safety
+(SIGKILL at a random time and in the middle of a checkpoint write) and clear errors for unusable checkpoints.
+
+Runs use configs/dmc.yaml + configs/smoke.yaml on Dmc-cartpole-balance (tiny networks, 100 random steps, encoder
+burst every 25 RL updates), one thread per process.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "OMP_NUM_THREADS": "1"}
+BASE = ["fit", "--config", f"{REPO}/configs/dmc.yaml", "--config", f"{REPO}/configs/smoke.yaml",
+        "--data.env", "Dmc-cartpole-balance", "--progress_bar.refresh_rate", "0"]  # fmt: skip
+CKPT_DIR = Path("logs") / "mrq" / "version_0" / "checkpoints"
+
+pytestmark = pytest.mark.slow
+
+
+def _cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mrq_lightning", *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def _scalars(path: str) -> dict[str, list[int]]:
+    """Steps of every scalar tag in a run directory (all event files, purged as TensorBoard shows them) or a file."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(path))
+    acc.Reload()
+    return {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def _load_checkpoint(ckpt: Path) -> tuple[dict, dict, dict]:
+    """The .ckpt, its rank-0 state and its replay-buffer state; every file must load."""
+    checkpoint = torch.load(ckpt, weights_only=True)
+    sidecar = ckpt.parent / checkpoint["MRQDataModule"]["sidecar"] / "rank0"
+    rank_state = torch.load(sidecar / "state.pt", weights_only=True)
+    buffer = torch.load(sidecar / "buffer" / "state.pt", weights_only=True)
+    assert checkpoint["mrq"]["env_steps"] == rank_state["env_steps"] == checkpoint["MRQDataModule"]["env_steps"]
+    assert buffer["storage"]["size"] == rank_state["buffer"]["size"]
+    return checkpoint, rank_state, buffer
+
+
+def _assert_equal(a, b, path="") -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, path
+        assert torch.equal(a, b), f"tensors differ at {path}"
+    elif isinstance(a, dict):
+        assert set(a) == set(b), f"keys differ at {path}: {set(a) ^ set(b)}"
+        for key in a:
+            _assert_equal(a[key], b[key], f"{path}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_equal(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 400 env steps, checkpoint, resume to 800  ==  800 env steps in one run
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("resumed")
+    first = _ok(_cli([*BASE, "--data.total_steps", "400"], cwd))
+    second = _ok(_cli([*BASE, "--data.total_steps", "800", "--ckpt_path", "last"], cwd))
+    return cwd, first, second
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("uninterrupted")
+    _ok(_cli([*BASE, "--data.total_steps", "800", "--checkpoint.every_n_env_steps", "400"], cwd))
+    return cwd
+
+
+def test_resumed_run_logs_from_the_saved_env_step(resumed):
+    cwd, _, second = resumed
+    assert "resumes at env step 400 (300 RL updates)" in second.stderr + second.stdout
+    # Same run directory (no second version), two event files: one per invocation.
+    (run_dir,) = glob.glob(str(cwd / "logs" / "mrq" / "version_*"))
+    first_file, second_file = sorted(glob.glob(f"{run_dir}/events.out.tfevents.*"), key=os.path.getmtime)
+    before, after = _scalars(first_file), _scalars(second_file)
+    assert before["eval/return"] == [0, 300, 400] and before["loss/value"] == list(range(150, 401, 50))
+    # The resumed invocation starts logging after env step 400: no second warm-up, no step-0 evaluation.
+    assert after["eval/return"] == [600, 800]
+    assert after["loss/value"] == list(range(450, 801, 50))
+    assert min(min(steps) for steps in after.values()) > 400
+    # RL updates and encoder bursts (every 25 RL updates) on both sides of the checkpoint.
+    assert before["loss/encoder"] and after["loss/encoder"] and min(after["loss/encoder"]) > 400
+    # TensorBoard's merged view of the run is one continuous x-axis in env steps.
+    merged = _scalars(run_dir)
+    assert merged["eval/return"] == [0, 300, 400, 600, 800]
+    assert merged["loss/value"] == list(range(150, 801, 50))
+
+
+def test_resume_is_exact(resumed, uninterrupted):
+    """Parameters, targets, reward scales, optimizer states, counters, replay buffer, simulator state, current
+    observation and RNG states after 400 + 400 resumed steps equal those after 800 uninterrupted steps."""
+    straight = _load_checkpoint(uninterrupted / CKPT_DIR / "env_step=0000800.ckpt")
+    resumed_cwd = resumed[0]
+    again = _load_checkpoint(resumed_cwd / CKPT_DIR / "env_step=0000800.ckpt")
+    assert again[0]["mrq"]["rl_updates"] == straight[0]["mrq"]["rl_updates"] == 700
+    _assert_equal(straight[0]["state_dict"], again[0]["state_dict"], "state_dict")
+    _assert_equal(straight[0]["optimizer_states"], again[0]["optimizer_states"], "optimizer_states")
+    _assert_equal(straight[2], again[2], "replay buffer")
+    # The resumed run evaluated once more (at its old budget end, 400) than the uninterrupted one: evaluation uses
+    # its own env and a forked RNG, so only the eval env's state differs.
+    skip = {"eval_env_state"}
+    _assert_equal({k: v for k, v in straight[1].items() if k not in skip},
+                  {k: v for k, v in again[1].items() if k not in skip}, "rank state")  # fmt: skip
+    assert straight[1]["env_state"] is not None  # DMC physics state is restorable, not a fresh episode
+    # keep_last=1: one env-step checkpoint (and sidecar) left, and last.ckpt is the same file.
+    names = sorted(p.name for p in (resumed_cwd / CKPT_DIR).iterdir())
+    assert names == ["env_step=0000800.ckpt", "env_step=0000800.replay", "last.ckpt", "mrq_run.json"]
+    assert os.path.samefile(resumed_cwd / CKPT_DIR / "last.ckpt", resumed_cwd / CKPT_DIR / "env_step=0000800.ckpt")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Crashes
+# ----------------------------------------------------------------------------------------------------------------
+def _assert_every_checkpoint_loads(directory: Path) -> dict[str, int]:
+    steps = {}
+    for ckpt in sorted(directory.glob("*.ckpt")):
+        steps[ckpt.name] = _load_checkpoint(ckpt)[0]["mrq"]["env_steps"]
+    assert "last.ckpt" in steps
+    assert steps["last.ckpt"] == max(steps.values())
+    return steps
+
+
+def test_sigkill_mid_training_resumes_from_the_last_checkpoint(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mrq_lightning", *BASE, "--data.total_steps", "100000",
+         "--checkpoint.every_n_env_steps", "25"],
+        cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    directory = tmp_path / CKPT_DIR
+    deadline = time.monotonic() + 240
+    try:
+        # Past the warm-up and a few RL checkpoints, kill at a random moment (often inside a checkpoint write).
+        while max((int(p.name[9:16]) for p in directory.glob("env_step=*.ckpt")), default=0) < 175:
+            assert proc.poll() is None, "training exited early"
+            assert time.monotonic() < deadline, "no checkpoint at env step 175 in time"
+            time.sleep(0.05)
+        time.sleep(random.uniform(0.0, 1.0))
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    steps = _assert_every_checkpoint_loads(directory)
+    saved = steps["last.ckpt"]
+    assert saved >= 175 and saved % 25 == 0
+    resumed = _ok(_cli([*BASE, "--data.total_steps", str(saved + 50), "--ckpt_path", "last"], tmp_path))
+    assert f"resumes at env step {saved} " in resumed.stderr + resumed.stdout
+    final = _assert_every_checkpoint_loads(directory)
+    assert final["last.ckpt"] == saved + 50
+    # The resumed invocation's own log file starts after the checkpoint; events the killed run wrote past it are
+    # purged, so TensorBoard shows each env step once.
+    newest = max(glob.glob(str(tmp_path / "logs/mrq/version_0/events.*")), key=os.path.getmtime)
+    assert min(min(s) for s in _scalars(newest).values()) > saved
+    logged = _scalars(str(tmp_path / "logs/mrq/version_0"))["train/rl_updates"]
+    assert logged == sorted(set(logged)) and logged[-1] == (saved + 50) // 50 * 50
+
+
+KILL_AT_RENAME = """
+import os, signal, sys
+real_replace = os.replace
+def replace(src, dst, *args, **kwargs):
+    if str(dst).endswith("env_step=0000150.ckpt"):   # the .ckpt is fully written to its temporary file
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_replace(src, dst, *args, **kwargs)
+os.replace = replace
+sys.argv = ["mrq_lightning", *sys.argv[1:]]
+from mrq_lightning.training.cli import main
+main()
+"""
+
+
+def test_sigkill_during_a_checkpoint_write_leaves_no_corrupt_checkpoint(tmp_path):
+    (tmp_path / "kill.py").write_text(KILL_AT_RENAME)
+    proc = subprocess.run(
+        [sys.executable, "kill.py", *BASE, "--data.total_steps", "300", "--checkpoint.every_n_env_steps", "50"],
+        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    directory = tmp_path / CKPT_DIR
+    # The 150 sidecar was complete and its .ckpt sat in a hidden temporary file: neither counts as a checkpoint.
+    assert not (directory / "env_step=0000150.ckpt").exists()
+    assert (directory / "env_step=0000150.replay" / "rank0" / "state.pt").exists()
+    assert any(p.name.startswith(".env_step=0000150.ckpt.") for p in directory.iterdir())
+    assert _assert_every_checkpoint_loads(directory) == {"env_step=0000100.ckpt": 100, "last.ckpt": 100}
+
+    resumed = _ok(_cli([*BASE, "--data.total_steps", "200", "--ckpt_path", "last"], tmp_path))
+    assert "resumes at env step 100 " in resumed.stderr + resumed.stdout
+    assert _assert_every_checkpoint_loads(directory) == {"env_step=0000200.ckpt": 200, "last.ckpt": 200}
+    # The next save removed the orphaned sidecar and the temporary file.
+    assert sorted(p.name for p in directory.iterdir()) == [
+        "env_step=0000200.ckpt", "env_step=0000200.replay", "last.ckpt", "mrq_run.json"
+    ]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Unusable checkpoints: a CheckpointError that names the file and the fix, exit code 2, no traceback
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def saved_checkpoint(resumed) -> Path:
+    return resumed[0] / CKPT_DIR / "last.ckpt"
+
+
+def _fit_in_process(args: list[str], cwd: Path, monkeypatch, capsys) -> str:
+    """Run the CLI in this process (saves a few seconds of imports per case); return stderr of the exit-2 error."""
+    from mrq_lightning.training.cli import main
+
+    monkeypatch.chdir(cwd)
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_corrupt_checkpoint_gets_a_clear_error(tmp_path, saved_checkpoint):
+    bad = tmp_path / "truncated.ckpt"
+    bad.write_bytes(saved_checkpoint.read_bytes()[:5000])
+    proc = _cli([*BASE, "--data.total_steps", "800", "--ckpt_path", str(bad)], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert f"checkpoint {bad} is corrupt" in proc.stderr and "Fix:" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["--data.env", "Dmc-cartpole-swingup"], ("was trained on Dmc-cartpole-balance, this run is configured for "
+                                                   "Dmc-cartpole-swingup. Fix: pass --data.env Dmc-cartpole-balance")),
+        (["--data.buffer_capacity", "6000"], "data.buffer_capacity: checkpoint 5000, now 6000"),
+    ],
+    ids=["other-env", "other-data-config"],
+)
+def test_mismatched_checkpoint_gets_a_clear_error(override, message, tmp_path, saved_checkpoint, monkeypatch, capsys):
+    err = _fit_in_process([*BASE, "--data.total_steps", "900", *override, "--ckpt_path", str(saved_checkpoint)],
+                          tmp_path, monkeypatch, capsys)  # fmt: skip
+    assert message in err and str(saved_checkpoint) in err and "Fix:" in err
+
+
+def test_resuming_last_with_another_model_config_gets_a_clear_error(tmp_path, resumed, monkeypatch, capsys):
+    # (With an explicit checkpoint file LightningCLI takes the model hyperparameters from the file; `last` does not.)
+    shutil.copytree(resumed[0] / "logs", tmp_path / "logs")
+    err = _fit_in_process([*BASE, "--data.total_steps", "900", "--model.hidden_dim", "32", "--ckpt_path", "last"],
+                          tmp_path, monkeypatch, capsys)  # fmt: skip
+    assert "different model configuration (model.hidden_dim: checkpoint 64, now 32" in err
+    assert "logs/mrq/version_0/checkpoints/last.ckpt" in err and "Fix:" in err
+
+
+def test_checkpoint_without_its_sidecar_gets_a_clear_error(tmp_path, saved_checkpoint, monkeypatch, capsys):
+    lonely = tmp_path / "moved" / "last.ckpt"
+    lonely.parent.mkdir()
+    shutil.copy(saved_checkpoint, lonely)
+    err = _fit_in_process([*BASE, "--data.total_steps", "900", "--ckpt_path", str(lonely)], tmp_path, monkeypatch, capsys)
+    assert re.search(r"replay sidecar .*env_step=0000800\.replay/rank0 is missing", err) and "Fix:" in err
+
+
+def test_foreign_checkpoint_gets_a_clear_error(tmp_path, monkeypatch, capsys):
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}, "epoch": 0}, foreign)
+    err = _fit_in_process([*BASE, "--ckpt_path", str(foreign)], tmp_path, monkeypatch, capsys)
+    assert f"checkpoint {foreign} was not written by mrq_lightning" in err
