@@ -104,7 +104,6 @@ def run_lightning(args, timed_steps: int) -> dict:
 
 def run_plain(args, timed_steps: int) -> dict:
     """The same updates in a hand-written loop: raw gymnasium env, plain optimizers, no Lightning, no collector."""
-    import numpy as np
     from tensordict import TensorDict
 
     from mrq_lightning.data import MRQReplayBuffer

@@ -38,6 +38,7 @@ from torchrl.data.replay_buffers.samplers import Sampler
 from torchrl.data.replay_buffers.storages import Storage
 from torchrl.data.replay_buffers.writers import Writer
 
+from mrq_lightning.atomic_io import fsync_directory
 from mrq_lightning.errors import CheckpointError
 from mrq_lightning.functional import random_shift
 
@@ -63,20 +64,6 @@ _MISSING = object()
 
 def _identity(x: Any) -> Any:
     return x
-
-
-def _fsync_directory(path: Path) -> None:
-    """Best-effort fsync of a directory so that a rename inside it is durable."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _prefix(tensor: torch.Tensor, size: int) -> torch.Tensor:
@@ -983,7 +970,7 @@ class MRQReplayBuffer(TensorDictReplayBuffer):
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
 
     def loads(self, path: str | os.PathLike) -> None:
         """Load a directory written by :meth:`dumps` into this (identically configured) buffer.

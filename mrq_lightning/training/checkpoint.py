@@ -36,7 +36,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
+from mrq_lightning.atomic_io import atomic_torch_save, fsync_directory
 from mrq_lightning.errors import CheckpointError, MRQUserError
 
 log = logging.getLogger(__name__)
@@ -63,39 +63,6 @@ def env_step_name(step: int) -> str:
     return f"env_step={step:07d}"
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a hidden temporary file in the same directory, fsync, then rename into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
 def _atomic_link_or_copy(src: Path, dst: Path) -> None:
     """Make ``dst`` a hard link to ``src`` (a copy where links are unsupported), replacing ``dst`` atomically."""
     tmp = dst.parent / f".{dst.name}.{os.getpid()}.tmp"
@@ -108,7 +75,7 @@ def _atomic_link_or_copy(src: Path, dst: Path) -> None:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
     os.replace(tmp, dst)
-    _fsync_dir(dst.parent)
+    fsync_directory(dst.parent)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
