@@ -206,6 +206,10 @@ class MRQ(LightningModule):
             torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], clip)
         optimizer.step()
 
+    def _on_device(self, batch: TensorDict) -> TensorDict:
+        """Replay kept on another device than the networks (``--data.buffer_device cpu`` on a GPU): move the batch."""
+        return batch if batch.device == self.device else batch.to(self.device, non_blocking=True)
+
     def training_step(self, step_index: int, batch_idx: int) -> None:
         datamodule = self.trainer.datamodule
         buffer = datamodule.buffer
@@ -221,7 +225,7 @@ class MRQ(LightningModule):
             if self.rl_updates % hp.target_update_period == 0:
                 self._encoder_burst(buffer, opt_encoder)
             t0 = time.perf_counter()
-            batch = buffer.sample(hp.batch_size, horizon=hp.value_horizon, include_intermediate=False)
+            batch = self._on_device(buffer.sample(hp.batch_size, horizon=hp.value_horizon, include_intermediate=False))
             t1 = time.perf_counter()
             value_loss, value_metrics = self.loss_module.value_loss(batch)
             self._optimizer_step(opt_value, value_loss, hp.value_grad_clip)
@@ -254,7 +258,7 @@ class MRQ(LightningModule):
         sample_time = 0.0
         for _ in range(hp.target_update_period):
             s0 = time.perf_counter()
-            batch = buffer.sample(hp.batch_size, horizon=hp.encoder_horizon, include_intermediate=True)
+            batch = self._on_device(buffer.sample(hp.batch_size, horizon=hp.encoder_horizon, include_intermediate=True))
             sample_time += time.perf_counter() - s0
             loss, metrics = self.loss_module.encoder_loss(batch, env_terminates=buffer.env_terminates)
             self._optimizer_step(optimizer, loss)
