@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["MRQUserError", "EnvironmentNameError", "EnvironmentSetupError", "CheckpointError"]
+__all__ = ["MRQUserError", "ConfigurationError", "EnvironmentNameError", "EnvironmentSetupError", "CheckpointError"]
 
 
 class MRQUserError(Exception):
     """Bad input from the user (config, environment name, checkpoint, missing system dependency)."""
+
+
+class ConfigurationError(MRQUserError, ValueError):
+    """An option value outside its valid range (the message names the option and the allowed values)."""
 
 
 class EnvironmentNameError(MRQUserError, ValueError):

@@ -131,3 +131,9 @@ def test_wrong_config_key_names_the_key(tmp_path):
     proc = _cli(["fit", "--config", f"{REPO}/configs/dmc.yaml", "--data.envv", "Dmc-cartpole-balance"], tmp_path)
     assert proc.returncode != 0
     assert "envv" in proc.stderr and "not accepted" in proc.stderr
+
+
+def test_out_of_range_option_gets_a_clear_error(tmp_path):
+    proc = _cli(["fit", "--config", f"{REPO}/configs/dmc.yaml", "--data.total_steps", "0"], tmp_path)
+    assert proc.returncode == 2
+    assert "data.total_steps" in proc.stderr and "Traceback" not in proc.stderr

@@ -33,7 +33,7 @@ from torchrl.collectors import Collector
 from mrq_lightning.data import MRQReplayBuffer
 from mrq_lightning.envs import EnvInfo, make_env, parse_env_name
 from mrq_lightning.envs.state import get_env_state, numpy_rng_state, set_env_state, set_numpy_rng_state
-from mrq_lightning.errors import CheckpointError
+from mrq_lightning.errors import CheckpointError, ConfigurationError
 from mrq_lightning.evaluation import evaluate_policy
 from mrq_lightning.training.checkpoint import atomic_torch_save
 
@@ -126,8 +126,8 @@ class MRQDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         if total_steps < 1 or eval_every < 1 or eval_episodes < 0 or random_steps < 0:
-            raise ValueError(
-                "total_steps and eval_every must be >= 1, random_steps and eval_episodes >= 0; got "
+            raise ConfigurationError(
+                "data.total_steps and data.eval_every must be >= 1, data.random_steps and data.eval_episodes >= 0; got "
                 f"total_steps={total_steps}, eval_every={eval_every}, random_steps={random_steps}, "
                 f"eval_episodes={eval_episodes}"
             )
