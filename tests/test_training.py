@@ -137,3 +137,10 @@ def test_out_of_range_option_gets_a_clear_error(tmp_path):
     proc = _cli(["fit", "--config", f"{REPO}/configs/dmc.yaml", "--data.total_steps", "0"], tmp_path)
     assert proc.returncode == 2
     assert "data.total_steps" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_seed_everything_also_seeds_the_environments():
+    from mrq_lightning.training.cli import build_cli
+
+    cli = build_cli(["--config", CONFIGS[0], "--seed_everything", "3", "--trainer.logger", "false"], run=False)
+    assert cli.datamodule.seed == 3  # training env seed 3 (+1000 per DDP rank), eval env 103

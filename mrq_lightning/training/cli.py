@@ -32,11 +32,20 @@ TRAINER_DEFAULTS = {
 }
 
 
+def _env_seed(seed_everything) -> int:
+    if isinstance(seed_everything, bool) or seed_everything is None:
+        return 0
+    return int(seed_everything)
+
+
 class MRQLightningCLI(LightningCLI):
     """LightningCLI with MR.Q's defaults; ``data.official_quirks`` also drives the model's switch."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.init_args.official_quirks", "model.init_args.official_quirks")
+        # One seed per run: `seed_everything` seeds torch/numpy/python and the environments (data.seed; the eval env
+        # uses seed + 100). `seed_everything: true` (a random seed) is not reproducible and maps to env seed 0.
+        parser.link_arguments("seed_everything", "data.init_args.seed", compute_fn=_env_seed)
         # Always-on callbacks, configurable as top-level groups (e.g. --progress_bar.refresh_rate 500,
         # --checkpoint.every_n_env_steps 50000).
         parser.add_lightning_class_args(EnvStepProgressBar, "progress_bar")
