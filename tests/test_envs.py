@@ -73,6 +73,25 @@ def test_unknown_gym_id_is_a_clear_value_error():
     assert "gymnasium cannot make 'HalfCheetahh-v4'" in str(exc.value)
 
 
+def _needs_a_missing_package(**kwargs):
+    raise gym.error.DependencyNotInstalled('FakePhysics is not installed, run `pip install "fakephysics"`')
+
+
+def test_gym_id_with_a_missing_package_names_the_install_command():
+    from mrq_lightning.errors import EnvironmentSetupError
+
+    gym.register("MRQMissingPackage-v0", entry_point=_needs_a_missing_package)
+    try:
+        with pytest.raises(EnvironmentSetupError) as exc:
+            make_env("Gym-MRQMissingPackage-v0", 0)
+    finally:
+        gym.registry.pop("MRQMissingPackage-v0")
+    message = str(exc.value)
+    # gymnasium's own install hint, and no "did you mean" list for an id that exists.
+    assert message.startswith("Gym-MRQMissingPackage-v0: ") and 'pip install "fakephysics"' in message
+    assert "Close registered ids" not in message
+
+
 # ----------------------------------------------------------------------------------------------- Gym
 def _collect(env, frames=16):
     from torchrl.collectors import Collector

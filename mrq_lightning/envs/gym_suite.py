@@ -23,7 +23,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from mrq_lightning.errors import EnvironmentNameError
+from mrq_lightning.errors import EnvironmentNameError, EnvironmentSetupError
 
 __all__ = ["GymSuiteEnv"]
 
@@ -31,7 +31,9 @@ __all__ = ["GymSuiteEnv"]
 def _make_inner(env_id: str) -> gym.Env:
     try:
         return gym.make(env_id)
-    except gym.error.Error as err:  # NameNotFound / VersionNotFound / NamespaceNotFound / DependencyNotInstalled
+    except gym.error.DependencyNotInstalled as err:  # the id exists; gymnasium's message names the package
+        raise EnvironmentSetupError(f"Gym-{env_id}: {err}") from err
+    except gym.error.Error as err:  # NameNotFound / VersionNotFound / NamespaceNotFound
         names = _close_ids(env_id)
         hint = f" Close registered ids: {names}." if names else ""
         raise EnvironmentNameError(
