@@ -110,12 +110,17 @@ def test_unrestorable_env_resumes_with_a_fresh_episode(tmp_path, monkeypatch, ca
         patch.setattr(datamodule_module, "get_env_state", lambda env: None)
         _, first = fit(30)
     assert first._mid_episode and first.buffer.write_count == 30  # Pendulum episodes last 200 steps
+    (rank_state_file,) = tmp_path.glob("**/rank0/state.pt")
+    held_observation = torch.load(rank_state_file, weights_only=True)["carrier"]["observation"].reshape(3)
     with caplog.at_level(logging.WARNING, logger="mrq_lightning.training.datamodule"):
         module, data = fit(45, ckpt_path="last")
     assert "starts a fresh episode at env step 30" in caplog.text
     assert module.env_steps == data.env_steps == 45 and module.rl_updates == 25
-    # 30 stored + 1 placeholder closing the interrupted episode as truncated + 15 new transitions.
-    assert data.buffer.write_count == 46
+    # 30 stored + 15 new transitions; between them, the interrupted episode's final-observation slot closes it as
+    # truncated at the observation the collector held (its last stored successor, which stays reachable).
+    assert data.buffer.write_count == 45 and len(data.buffer) == 46 and data.buffer.num_transitions == 45
+    closed = data.buffer.gather(torch.tensor([29]), horizon=1)
+    assert torch.equal(closed["next", "observation"][0], held_observation)
     assert data.buffer.env_terminates is False
 
     # A fresh (non-resume) fit into that fixed directory (no logger) would overwrite the run: refused.

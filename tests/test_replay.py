@@ -616,3 +616,70 @@ def test_input_validation_and_done_only_flags():
     bad["observation"] = bad["observation"].float()
     with pytest.raises(TypeError, match="uint8"):
         pixels.extend(bad)
+
+
+def _flat_state(rb: MRQReplayBuffer) -> dict:
+    """The buffer's full state (storage prefix, writer counters, sampler priorities) as flat comparable items."""
+    out = {}
+
+    def walk(prefix, value):
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}/{key}", item)
+        else:
+            out[prefix] = value.clone() if isinstance(value, torch.Tensor) else value
+
+    walk("", rb.state_dict())
+    return out
+
+
+def _assert_same_state(a: MRQReplayBuffer, b: MRQReplayBuffer) -> None:
+    sa, sb = _flat_state(a), _flat_state(b)
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        if isinstance(sa[key], torch.Tensor):
+            assert torch.equal(sa[key], sb[key]), key
+        else:
+            assert sa[key] == sb[key], key
+
+
+def test_end_episode_equals_a_truncated_last_transition():
+    """Cutting a stream mid-episode and calling end_episode(s') leaves exactly the state that flagging the last
+    transition truncated would have left, also for the episodes stored after it and across the ring's wrap."""
+    history, channels = 3, 3
+    flagged, cut = (MRQReplayBuffer(capacity=16, obs_shape=(channels * history, 4, 4), action_dim=2, pixels=True,
+                                    history=history, augment=False) for _ in range(2))  # fmt: skip
+    first = pixel_episode([1, 2, 3, 4, 5, 6, 7], "truncated", history, channels)
+    flagged.extend(first)
+    running = first.clone()
+    running["next", "truncated"].zero_()
+    running["next", "done"].zero_()
+    cut.extend(running)
+    assert cut.end_episode(first["next", "observation"][-1]) is True
+    _assert_same_state(flagged, cut)
+    assert len(cut) == 7 and cut.num_transitions == 6
+    # No episode open any more: nothing to close.
+    assert cut.end_episode(first["next", "observation"][-1]) is False
+    _assert_same_state(flagged, cut)
+    # The next episodes start their own frame history, and the ring wraps (7 + 4 + 7 slots > 16).
+    later = [pixel_episode([11, 12, 13, 14], "terminated", history, channels),
+             pixel_episode([21, 22, 23, 24, 25, 26, 27], "terminated", history, channels)]  # fmt: skip
+    for td in later:
+        index = flagged.extend(td)
+        assert torch.equal(index, cut.extend(td))
+        _assert_same_state(flagged, cut)
+        batch = cut.gather(index, horizon=1)
+        assert torch.equal(batch["observation"], td["observation"])
+        assert torch.equal(batch["next", "observation"], td["next", "observation"])
+
+
+def test_end_episode_validates_the_final_observation():
+    rb = vector_buffer()
+    rb.extend(vector_episode(0, 6, None))
+    with pytest.raises(ValueError, match=r"shape \(4,\), expected \(3,\)"):
+        rb.end_episode(torch.zeros(4))
+    assert rb.end_episode(torch.full((3,), 6.0)) and len(rb) == 7 and rb.num_transitions == 6
+    pixels = pixel_buffer()
+    pixels.extend(pixel_episode([1, 2, 3], None, 2, 1))
+    with pytest.raises(TypeError, match="uint8"):
+        pixels.end_episode(torch.zeros(2, 4, 4))

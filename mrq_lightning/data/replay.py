@@ -348,6 +348,31 @@ class MRQWriter(Writer):
         self._write_count += num
         return ts
 
+    def end_episode(self, final_frame: torch.Tensor) -> bool:
+        """Close the open episode as truncated: write its final observation's frame into the next slot.
+
+        The same final slot that ``extend`` writes after a truncated transition (step 4 of the class docstring),
+        for an episode whose last stored transition was not flagged done (the stream was cut). The last stored
+        transition keeps not-done = 1 (truncation is not termination) and the episode's last ``horizon``
+        transitions stay invalid starts, as for any truncated episode. Returns False (and writes nothing) when
+        no episode is open.
+        """
+        if self._episode_length == 0:
+            return False
+        storage: MRQStorage = self._storage
+        capacity = storage.max_size
+        f = self._cursor
+        storage.valid[f] = False
+        storage.valid[(f + self.history - 1) % capacity] = False
+        storage.frames[f] = final_frame
+        storage.is_transition[f] = False
+        storage._size = min(storage._size + 1, capacity)
+        storage.version += 1
+        self._cursor = (f + 1) % capacity
+        self._episode_length = 0
+        self._episode_history = []
+        return True
+
     def _empty(self, empty_write_count: bool = True) -> None:
         self._cursor = 0
         self._episode_length = 0
@@ -778,6 +803,26 @@ class MRQReplayBuffer(TensorDictReplayBuffer):
     def add(self, data: TensorDictBase) -> int:
         """Store one transition (batch ``[]``); returns its slot."""
         return int(self.extend(data)[0])
+
+    def end_episode(self, final_observation: torch.Tensor) -> bool:
+        """Close the open episode as truncated at ``final_observation``, the ``("next", "observation")`` of its
+        last stored transition.
+
+        Call it when the transition stream is cut mid-episode without a done flag (a collection budget, an
+        environment that restarts after a resume): otherwise the next transition stored would continue that
+        episode's frame history. Costs one slot (the final-observation slot a truncated transition also writes);
+        no transition is added. Returns False and stores nothing when no episode is open.
+        """
+        obs = torch.as_tensor(final_observation).to(self.device)
+        if tuple(obs.shape) != self.obs_shape:
+            raise ValueError(f"final_observation has shape {tuple(obs.shape)}, expected {self.obs_shape}")
+        if self.pixels and obs.dtype != torch.uint8:
+            raise TypeError(f"pixel final_observation must be uint8, got {obs.dtype}")
+        frame = obs[-self.frame_shape[0] :]
+        if not self.pixels:
+            frame = frame.to(torch.float32)
+        with self._replay_lock, self._write_lock:
+            return self._writer.end_episode(frame)
 
     # -- priorities ----------------------------------------------------------------------------------------------
     def update_priority(self, index: int | torch.Tensor, priority: float | torch.Tensor) -> None:

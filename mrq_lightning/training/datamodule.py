@@ -374,35 +374,11 @@ class MRQDataModule(LightningDataModule):
                 self.env_steps,
             )  # fmt: skip
             if self._mid_episode and state["carrier"] is not None:
-                self._truncate_interrupted_episode(state["carrier"]["observation"])
+                # Its last stored transition's successor is the observation the collector held.
+                self.buffer.end_episode(state["carrier"]["observation"].reshape(self.env_info.obs_shape))
             self._episode_return = 0.0
             self._mid_episode = False
         restore_rng(state["rng"], self.trainer.strategy.root_device if self.trainer is not None else None)
-
-    def _truncate_interrupted_episode(self, observation: torch.Tensor) -> None:
-        """Close the buffer's open episode as truncated at ``observation`` (its last successor state).
-
-        Uses the public ``extend``: one placeholder transition s -> s with zero action and reward, flagged
-        truncated. A truncated episode's last ``horizon`` transitions never become valid starts, so the placeholder
-        is never sampled, while the window that ends at ``observation`` becomes valid, as it would have been.
-        """
-        obs = observation.reshape(1, *self.env_info.obs_shape)
-        flag = torch.ones(1, 1, dtype=torch.bool)
-        td = TensorDict(
-            {
-                "observation": obs,
-                "action": torch.zeros(1, self.env_info.action_dim),
-                "next": {
-                    "observation": obs,
-                    "reward": torch.zeros(1, 1),
-                    "terminated": ~flag,
-                    "truncated": flag,
-                    "done": flag,
-                },
-            },
-            batch_size=[1],
-        )
-        self.buffer.extend(td)
 
     # ------------------------------------------------------------------ loaders
     def train_dataloader(self) -> DataLoader:
