@@ -722,6 +722,15 @@ class MRQReplayBuffer(TensorDictReplayBuffer):
         return self._storage.nbytes() + self._sampler.priority.nbytes
 
     # -- writing -------------------------------------------------------------------------------------------------
+    def _newest_frames(self, states: torch.Tensor, name: Any) -> torch.Tensor:
+        """Validate states ``[N, *obs_shape]`` and return the frame each one adds ``[N, *frame_shape]`` (stored once)."""
+        if tuple(states.shape[1:]) != self.obs_shape:
+            raise ValueError(f"{name!r} has per-step shape {tuple(states.shape[1:])}, expected {self.obs_shape}")
+        if self.pixels and states.dtype != torch.uint8:
+            raise TypeError(f"pixel {name!r} must be uint8, got {states.dtype}")
+        frames = states[:, -self.frame_shape[0] :]
+        return frames if self.pixels else frames.to(torch.float32)
+
     def _canonical(self, data: TensorDictBase) -> dict[str, torch.Tensor]:
         """Collector/env TensorDict -> the writer's per-transition fields (leading dim T) on the buffer device."""
         if not isinstance(data, TensorDictBase):
@@ -745,18 +754,8 @@ class MRQReplayBuffer(TensorDictReplayBuffer):
         nxt = data.get("next", None)
         if nxt is None:
             raise KeyError("transitions need a 'next' sub-TensorDict")
-        obs = fetch(data, "observation")
-        next_obs = fetch(nxt, "observation")
-        for name, value in (("observation", obs), (("next", "observation"), next_obs)):
-            if tuple(value.shape[1:]) != self.obs_shape:
-                raise ValueError(f"{name!r} has per-step shape {tuple(value.shape[1:])}, expected {self.obs_shape}")
-            if self.pixels and value.dtype != torch.uint8:
-                raise TypeError(f"pixel {name!r} must be uint8, got {value.dtype}")
-        channels = self.frame_shape[0]
-        frame = obs[:, -channels:]
-        final_frame = next_obs[:, -channels:]
-        if not self.pixels:
-            frame, final_frame = frame.to(torch.float32), final_frame.to(torch.float32)
+        frame = self._newest_frames(fetch(data, "observation"), "observation")
+        final_frame = self._newest_frames(fetch(nxt, "observation"), ("next", "observation"))
 
         action = fetch(data, "action")
         if not action.is_floating_point() and (action.ndim == 1 or (action.shape[-1] == 1 and self.action_dim > 1)):
@@ -814,13 +813,7 @@ class MRQReplayBuffer(TensorDictReplayBuffer):
         no transition is added. Returns False and stores nothing when no episode is open.
         """
         obs = torch.as_tensor(final_observation).to(self.device)
-        if tuple(obs.shape) != self.obs_shape:
-            raise ValueError(f"final_observation has shape {tuple(obs.shape)}, expected {self.obs_shape}")
-        if self.pixels and obs.dtype != torch.uint8:
-            raise TypeError(f"pixel final_observation must be uint8, got {obs.dtype}")
-        frame = obs[-self.frame_shape[0] :]
-        if not self.pixels:
-            frame = frame.to(torch.float32)
+        frame = self._newest_frames(obs.unsqueeze(0), "final_observation")[0]
         with self._replay_lock, self._write_lock:
             return self._writer.end_episode(frame)
 
