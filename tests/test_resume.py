@@ -190,6 +190,10 @@ import os, signal, sys
 real_replace = os.replace
 def replace(src, dst, *args, **kwargs):
     if str(dst).endswith("env_step=0000150.ckpt"):   # the .ckpt is fully written to its temporary file
+        import gc
+        from torch.utils.tensorboard import SummaryWriter
+        for writer in [o for o in gc.get_objects() if isinstance(o, SummaryWriter)]:
+            writer.flush()   # worst case for TensorBoard: the events logged at 150 reached the disk
         os.kill(os.getpid(), signal.SIGKILL)
     return real_replace(src, dst, *args, **kwargs)
 os.replace = replace
@@ -216,6 +220,11 @@ def test_sigkill_during_a_checkpoint_write_leaves_no_corrupt_checkpoint(tmp_path
     resumed = _ok(_cli([*BASE, "--data.total_steps", "200", "--ckpt_path", "last"], tmp_path))
     assert "resumes at env step 100 " in resumed.stderr + resumed.stdout
     assert _assert_every_checkpoint_loads(directory) == {"env_step=0000200.ckpt": 200, "last.ckpt": 200}
+    # The killed run's events at 150 are on disk; the resumed run logged 150 again and TensorBoard shows it once.
+    killed_file, resumed_file = sorted(glob.glob(str(tmp_path / "logs/mrq/version_0/events.*")), key=os.path.getmtime)
+    assert _scalars(killed_file)["train/rl_updates"] == [50, 100, 150]
+    assert _scalars(resumed_file)["train/rl_updates"] == [150, 200]
+    assert _scalars(str(tmp_path / "logs/mrq/version_0"))["train/rl_updates"] == [50, 100, 150, 200]
     # The next save removed the orphaned sidecar and the temporary file.
     assert sorted(p.name for p in directory.iterdir()) == [
         "env_step=0000200.ckpt", "env_step=0000200.replay", "last.ckpt", "mrq_run.json"

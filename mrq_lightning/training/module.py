@@ -53,6 +53,23 @@ SUPPORTED_PRECISION = ("32-true", "32", "bf16-mixed")
 _RESUME_FREE_HPARAMS = {"log_every_n_env_steps"}
 
 
+def _purge_tensorboard_from(logger: TensorBoardLogger, step: int) -> None:
+    """Hide the events a crashed run wrote at env steps >= ``step``; the resumed run writes them again.
+
+    TensorBoard drops every event read so far with a step >= ``step`` when it meets a ``SessionLog.START`` event at
+    ``step`` (what ``SummaryWriter(purge_step=...)`` writes). Lightning creates the writer before the checkpoint is
+    restored (its setup hook touches ``logger.experiment``), so the event is written into the open file here.
+    """
+    if logger._experiment is None:
+        logger._kwargs["purge_step"] = step
+        return
+    from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+    logger.experiment._get_file_writer().add_event(
+        Event(step=step, wall_time=time.time(), session_log=SessionLog(status=SessionLog.START))
+    )
+
+
 class MRQ(LightningModule):
     """MR.Q agent with manual optimization over three AdamW optimizers (encoder, value, policy).
 
@@ -386,7 +403,6 @@ class MRQ(LightningModule):
         checkpoint.pop("loops", None)
         if fitting:
             for logger in trainer.loggers:
-                if isinstance(logger, TensorBoardLogger) and logger._experiment is None:
-                    # Hide events a crashed run wrote after this checkpoint; the resumed run rewrites them.
-                    logger._kwargs["purge_step"] = self.env_steps + 1
+                if isinstance(logger, TensorBoardLogger):
+                    _purge_tensorboard_from(logger, self.env_steps + 1)
             rank_zero_info(f"MR.Q resumes at env step {self.env_steps} ({self.rl_updates} RL updates) from {path}")
