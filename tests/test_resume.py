@@ -259,6 +259,12 @@ def test_corrupt_checkpoint_gets_a_clear_error(tmp_path, saved_checkpoint):
     assert f"checkpoint {bad} is corrupt" in proc.stderr and "Fix:" in proc.stderr
 
 
+def test_missing_checkpoint_gets_a_clear_error_before_any_log_directory(tmp_path, monkeypatch, capsys):
+    err = _fit_in_process([*BASE, "--ckpt_path", "no/such.ckpt"], tmp_path, monkeypatch, capsys)
+    assert "checkpoint no/such.ckpt does not exist. Fix: pass an existing .ckpt file" in err
+    assert list(tmp_path.iterdir()) == []  # no empty version directory left to shift the next run's number
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

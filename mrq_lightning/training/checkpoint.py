@@ -78,6 +78,13 @@ def _atomic_link_or_copy(src: Path, dst: Path) -> None:
     fsync_directory(dst.parent)
 
 
+def missing_checkpoint_error(path) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {path} does not exist. Fix: pass an existing .ckpt file, or --ckpt_path last to resume the "
+        "newest run of this configuration."
+    )
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's ``TorchCheckpointIO`` with crash-safe writes and :class:`CheckpointError` on unreadable files."""
 
@@ -89,10 +96,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict[str, Any]:
         path = Path(path)
         if not path.is_file():
-            raise CheckpointError(
-                f"checkpoint {path} does not exist. Fix: pass an existing .ckpt file, or --ckpt_path last to "
-                "resume the newest run of this configuration."
-            )
+            raise missing_checkpoint_error(path)
         kwargs = {} if map_location is None else {"map_location": map_location}
         try:
             checkpoint = super().load_checkpoint(path, weights_only=weights_only, **kwargs)

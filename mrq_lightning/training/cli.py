@@ -6,12 +6,13 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
 from mrq_lightning.errors import CheckpointError, MRQUserError
 from mrq_lightning.training.callbacks import EnvStepProgressBar
-from mrq_lightning.training.checkpoint import MRQCheckpoint
+from mrq_lightning.training.checkpoint import MRQCheckpoint, missing_checkpoint_error
 from mrq_lightning.training.datamodule import MRQDataModule
 from mrq_lightning.training.module import MRQ
 
@@ -60,7 +61,12 @@ class MRQLightningCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads an explicit checkpoint file's model hyperparameters into the config (so the model is
-        # rebuilt as it was saved); an unreadable file must give a CheckpointError, not a traceback.
+        # rebuilt as it was saved); an unreadable file must give a CheckpointError, not a traceback. A missing file
+        # is refused here, before the trainer opens a log directory that would be left behind empty.
+        if self.config.get("subcommand"):
+            path = self.config[self.config.subcommand].get("ckpt_path")
+            if path and str(path) not in ("last", "best", "hpc", "registry") and not Path(path).is_file():
+                raise missing_checkpoint_error(path)
         try:
             super()._parse_ckpt_path()
         except (SystemExit, MRQUserError):
