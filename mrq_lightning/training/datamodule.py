@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from tensordict import TensorDict
+from tensordict import TensorDict, TensorDictBase
 from torch.utils.data import DataLoader, IterableDataset
 from torchrl.collectors import Collector
 
@@ -40,6 +40,14 @@ from mrq_lightning.training.checkpoint import atomic_torch_save
 log = logging.getLogger(__name__)
 
 __all__ = ["MRQDataModule"]
+
+
+def _official_random_phase_action(transition: TensorDictBase) -> TensorDictBase:
+    """Spec §16 Q2, reproduced: the official buffer stores a random-phase discrete action (a ``numpy.int64``, not
+    one-hot encoded there) as its index broadcast over every action dimension, e.g. ``[3, 3, 3, 3]``."""
+    one_hot = transition.get("action")
+    index = one_hot.argmax(-1, keepdim=True).to(torch.float32)
+    return transition.clone(recurse=False).set("action", index.expand(one_hot.shape).clone())
 
 
 def _identity(batch):
@@ -108,7 +116,7 @@ class MRQDataModule(LightningDataModule):
         buffer_capacity: replay slots (one per transition plus one per episode end).
         buffer_device: ``"auto"`` (the training device when it is a GPU, else CPU), ``"cpu"`` or ``"cuda"``.
         pixel_augmentation: DrQ random shift on sampled pixel states (spec §12).
-        official_quirks: reproduce the official code's quirks Q1, Q4, Q5 here (linked to the model's switch).
+        official_quirks: reproduce the official code's quirks Q1, Q2, Q4, Q5 here (linked to the model's switch).
     """
 
     def __init__(
@@ -145,6 +153,7 @@ class MRQDataModule(LightningDataModule):
 
         self.env = None
         self.eval_env = None
+        self.greedy_eval_env = None
         self.env_info: EnvInfo | None = None
         self.buffer: MRQReplayBuffer | None = None
         self.collector: Collector | None = None
@@ -196,6 +205,12 @@ class MRQDataModule(LightningDataModule):
             self.env_name, self.seed + 100, evaluation=True, official_quirks=self.official_quirks
         )
         info = self.env_info
+        if info.discrete:
+            # The extra greedy metric (spec §16 Q10) gets its own eval env, seeded alike: the official rule's
+            # episodes then see the same env random streams (sticky actions, ε) as in the official code.
+            self.greedy_eval_env, _ = make_env(
+                self.env_name, self.seed + 100, evaluation=True, official_quirks=self.official_quirks
+            )
         self.buffer = MRQReplayBuffer(
             capacity=self.buffer_capacity,
             obs_shape=tuple(info.obs_shape),
@@ -232,6 +247,8 @@ class MRQDataModule(LightningDataModule):
         """One env step through the collector, stored in the replay buffer (spec §9 steps 2-3, 5)."""
         t0 = time.perf_counter()
         transition = next(self._collector_iter)
+        if self.official_quirks and self.env_info.discrete and self.env_steps < self.random_steps:
+            transition = _official_random_phase_action(transition)
         self.buffer.extend(transition)
         self.env_steps += 1
         self._episode_return += float(transition.get(("next", "reward")).sum())
@@ -245,12 +262,12 @@ class MRQDataModule(LightningDataModule):
         self.collect_time += time.perf_counter() - t0
 
     def evaluate(self, policy, exploration=None) -> list[float]:
-        """Run ``eval_episodes`` episodes on the separate eval env (seed + 100)."""
+        """Run ``eval_episodes`` episodes on the separate eval env (seed + 100); greedy ones on their own copy."""
         from torchrl.envs.utils import ExplorationType
 
-        return evaluate_policy(
-            self.eval_env, policy, self.eval_episodes, exploration or ExplorationType.DETERMINISTIC
-        )
+        exploration = exploration or ExplorationType.DETERMINISTIC
+        greedy = exploration == ExplorationType.MODE and self.greedy_eval_env is not None
+        return evaluate_policy(self.greedy_eval_env if greedy else self.eval_env, policy, self.eval_episodes, exploration)
 
     # ------------------------------------------------------------------ checkpoint / resume
     def state_dict(self) -> dict[str, Any]:
@@ -282,6 +299,7 @@ class MRQDataModule(LightningDataModule):
             "carrier": None if carrier is None else carrier.cpu().to_dict(),
             "env_state": get_env_state(self.env),
             "eval_env_state": get_env_state(self.eval_env),
+            "greedy_eval_env_state": None if self.greedy_eval_env is None else get_env_state(self.greedy_eval_env),
             "rng": capture_rng(device),
             **(extra or {}),
         }
@@ -367,6 +385,8 @@ class MRQDataModule(LightningDataModule):
             restored = True
         if state.get("eval_env_state") is not None:
             set_env_state(self.eval_env, state["eval_env_state"])
+        if state.get("greedy_eval_env_state") is not None:
+            set_env_state(self.greedy_eval_env, state["greedy_eval_env_state"])
         if not restored:
             log.warning(
                 "rank %d: the %s simulator state cannot be saved/restored; the resumed run starts a fresh episode at "
