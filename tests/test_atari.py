@@ -22,6 +22,8 @@ class Recorder:
         self.frames: list[np.ndarray] = []
         self.actions: list[int] = []
         self.force_terminal_at: int | None = None
+        self.rewards: list[float] = []
+        self.inject_reward: dict[int, float] = {}  # raw step number since reset (1-based) -> added reward
         self._step, self._reset = env.env.step, env.env.reset
         env.env.step, env.env.reset = self.step, self.reset
 
@@ -29,6 +31,8 @@ class Recorder:
         frame, r, term, trunc, info = self._step(action)
         self.frames.append(frame.copy())
         self.actions.append(int(action))
+        r += self.inject_reward.get(len(self.actions), 0.0)
+        self.rewards.append(r)
         if self.force_terminal_at is not None and len(self.frames) == self.force_terminal_at:
             term = True
         return frame, r, term, trunc, info
@@ -55,6 +59,7 @@ def test_game_list_and_inner_env_settings():
     assert inner.ale.getFloat("repeat_action_probability") == pytest.approx(0.25)
     assert env.action_space.n == len(inner.ale.getMinimalActionSet()) == 6
     assert env.max_frames == 108_000 and env.epsilon == 0.0
+    assert inner.ale.getInt("max_num_frames_per_episode") == 108_000  # the emulator's own limit agrees
 
 
 def test_unknown_game_is_a_value_error():
@@ -89,6 +94,40 @@ def test_frames_pooling_resize_and_history():
         distinct += not np.array_equal(nxt[3], state[3])
         state = nxt
     assert distinct > 10  # the screen really changes, so the equalities above are informative
+
+
+def test_rewards_are_summed_over_the_repeat_and_not_clipped():
+    env, _ = make_gymnasium_env("Atari-Pong-v5", 4)
+    rec = Recorder(env)
+    env.reset()
+    rec.inject_reward = {9: 5.0, 11: -2.5}  # raw steps 9 and 11 fall in agent step t=2 (raw steps 9-12)
+    rng = np.random.default_rng(4)
+    real_points = 0
+    for t in range(400):
+        n_before = len(rec.rewards)
+        _, reward, terminated, truncated, _ = env.step(int(rng.integers(6)))
+        raw = rec.rewards[n_before:]
+        assert len(raw) == 4 and reward == sum(raw)
+        if t == 2:
+            assert reward == pytest.approx(2.5 + sum(r for r in raw if abs(r) == 1.0))  # no clipping to [-1, 1]
+        real_points += any(r != 0 for r in raw) and t != 2
+        assert not terminated and not truncated
+    assert real_points >= 1  # Pong scored: the equality above also held on real game rewards
+
+
+def test_losing_a_life_is_not_a_terminal():
+    env, _ = make_gymnasium_env("Atari-Breakout-v5", 0)
+    env.reset()
+    rng = np.random.default_rng(0)
+    lives, lost = env.ale.lives(), 0
+    for _ in range(3000):
+        _, _, terminated, truncated, _ = env.step(int(rng.integers(env.action_dim)))
+        if env.ale.lives() < lives:
+            lives, lost = env.ale.lives(), lost + 1
+            assert not terminated or lives == 0
+        if terminated or truncated:
+            break
+    assert lost >= 2 and (terminated == (env.ale.lives() == 0))
 
 
 @pytest.mark.parametrize("stop_at", [1, 2, 3])

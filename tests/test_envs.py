@@ -310,3 +310,17 @@ def test_dmc_visual_without_gl_backend_names_the_fix():
                          timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert "ERR" in out.stdout, out.stdout + out.stderr
     assert "MUJOCO_GL=egl" in out.stdout and "libosmesa6" in out.stdout
+
+
+def test_dmc_visual_renders_headless_with_egl_when_mujoco_gl_is_unset():
+    code = (
+        "import os\n"
+        "from mrq_lightning.envs import make_gymnasium_env\n"
+        "env, info = make_gymnasium_env('Dmc-visual-cartpole-balance', 0)\n"
+        "state, _ = env.reset()\n"
+        "print('GL', os.environ['MUJOCO_GL'], state.shape, int(state.max()) > 0)\n"
+    )
+    envvars = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "DISPLAY", "WAYLAND_DISPLAY")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=envvars,
+                         timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert "GL egl (9, 84, 84) True" in out.stdout, out.stdout + out.stderr
