@@ -16,6 +16,8 @@ from mrq_lightning.training.checkpoint import MRQCheckpoint, missing_checkpoint_
 from mrq_lightning.training.datamodule import MRQDataModule
 from mrq_lightning.training.module import MRQ
 
+_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")  # --ckpt_path values Lightning resolves itself (not files)
+
 __all__ = ["MRQLightningCLI", "main"]
 
 TRAINER_DEFAULTS = {
@@ -65,7 +67,7 @@ class MRQLightningCLI(LightningCLI):
         # is refused here, before the trainer opens a log directory that would be left behind empty.
         if self.config.get("subcommand"):
             path = self.config[self.config.subcommand].get("ckpt_path")
-            if path and str(path) not in ("last", "best", "hpc", "registry") and not Path(path).is_file():
+            if path and str(path) not in _CKPT_KEYWORDS and not Path(path).is_file():
                 raise missing_checkpoint_error(path)
         try:
             super()._parse_ckpt_path()
@@ -83,7 +85,7 @@ class MRQLightningCLI(LightningCLI):
         # `--ckpt_path <file>` inside this logger's tree: keep logging into that run's directory (`last` is
         # resolved by MRQCheckpoint itself, before the logger picks a version).
         ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
-        if ckpt_path and str(ckpt_path) not in ("last", "best", "hpc", "registry"):
+        if ckpt_path and str(ckpt_path) not in _CKPT_KEYWORDS:
             for callback in self.trainer.checkpoint_callbacks:
                 if isinstance(callback, MRQCheckpoint):
                     callback.continue_run_of(self.trainer, ckpt_path)
