@@ -309,15 +309,9 @@ class MRQWriter(Writer):
             written += 1
             self._cursor = (w + 1) % capacity
             if terminated[t] or truncated[t]:
-                f = self._cursor
-                mask[f] = False
-                mask[(f + history - 1) % capacity] = False
-                final_slots.append(f)
+                final_slots.append(self._take_final_slot(mask))
                 final_rows.append(t)
                 written += 1
-                self._cursor = (f + 1) % capacity
-                self._episode_length = 0
-                self._episode_history = []
 
         dev = storage.device
         # Transition slots: a plain slice when they are contiguous (the usual case), else an index tensor.
@@ -360,18 +354,28 @@ class MRQWriter(Writer):
         if self._episode_length == 0:
             return False
         storage: MRQStorage = self._storage
-        capacity = storage.max_size
-        f = self._cursor
-        storage.valid[f] = False
-        storage.valid[(f + self.history - 1) % capacity] = False
+        mask: dict[int, bool] = {}
+        f = self._take_final_slot(mask)
+        storage.valid[list(mask)] = False
         storage.frames[f] = final_frame
         storage.is_transition[f] = False
-        storage._size = min(storage._size + 1, capacity)
+        storage._size = min(storage._size + 1, storage.max_size)
         storage.version += 1
+        return True
+
+    def _take_final_slot(self, mask: dict[int, bool]) -> int:
+        """Claim the next slot for the open episode's final observation and close the episode.
+
+        Neither that slot nor the one whose state history would end there is a valid start (recorded in ``mask``).
+        """
+        capacity = self._storage.max_size
+        f = self._cursor
+        mask[f] = False
+        mask[(f + self.history - 1) % capacity] = False
         self._cursor = (f + 1) % capacity
         self._episode_length = 0
         self._episode_history = []
-        return True
+        return f
 
     def _empty(self, empty_write_count: bool = True) -> None:
         self._cursor = 0
