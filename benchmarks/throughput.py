@@ -50,7 +50,7 @@ class _Window:
         self.start = self.end = None
 
     def snapshot(self, module, datamodule):
-        return dict(module._timers, collect=datamodule.collect_time, wall=time.perf_counter())
+        return dict(module.timers, collect=datamodule.collect_time, wall=time.perf_counter())
 
 
 def run_lightning(args, timed_steps: int) -> dict:

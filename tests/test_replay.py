@@ -10,7 +10,7 @@ from tensordict import TensorDict
 from torchrl.data import TensorDictReplayBuffer
 
 from mrq_lightning.data import MRQReplayBuffer, ReplayBufferCheckpointError
-from mrq_lightning.data import replay as replay_module
+from mrq_lightning.data import persistence as persistence_module
 from mrq_lightning.functional import multi_step_return, random_shift
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -502,7 +502,7 @@ def test_dumps_is_atomic(tmp_path, monkeypatch):
     def broken_save(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(replay_module.torch, "save", broken_save)
+    monkeypatch.setattr(persistence_module.torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
         rb.dumps(path)
     assert not path.exists()
@@ -512,7 +512,7 @@ def test_dumps_is_atomic(tmp_path, monkeypatch):
     rb.dumps(path)
     size = len(rb)
     rb.extend(pixel_episode(list(range(40, 45)), "terminated", 2, 1))
-    monkeypatch.setattr(replay_module.torch, "save", broken_save)
+    monkeypatch.setattr(persistence_module.torch, "save", broken_save)
     with pytest.raises(OSError):
         rb.dumps(path)
     monkeypatch.undo()

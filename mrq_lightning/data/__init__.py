@@ -1,11 +1,9 @@
 """Replay storage for MR.Q (spec §8, §11): :class:`MRQReplayBuffer` and its TorchRL components."""
 
-from mrq_lightning.data.replay import (
-    LAPSampler,
-    MRQReplayBuffer,
-    MRQStorage,
-    MRQWriter,
-    ReplayBufferCheckpointError,
-)
+from mrq_lightning.data.buffer import MRQReplayBuffer
+from mrq_lightning.data.persistence import ReplayBufferCheckpointError
+from mrq_lightning.data.sampler import LAPSampler
+from mrq_lightning.data.storage import MRQStorage
+from mrq_lightning.data.writer import MRQWriter
 
 __all__ = ["MRQReplayBuffer", "MRQStorage", "MRQWriter", "LAPSampler", "ReplayBufferCheckpointError"]

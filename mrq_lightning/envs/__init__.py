@@ -2,6 +2,10 @@
 
 Names: ``Gym-<gymnasium id>``, ``Dmc-<domain>-<task>``, ``Dmc-visual-<domain>-<task>``, ``Atari-<Game>-v5``.
 Simulators are imported lazily, only for the suite a name asks for.
+
+Modules: ``names`` (name forms, parsing, the name error), ``info`` (:class:`EnvInfo`), ``registry`` (the two
+factories), one module per suite (``gym_suite``, ``dmc_suite``, ``atari_suite``) and ``state`` (mid-episode
+save/restore). Imports go one way: registry -> suites -> names/info/state; nothing imports the registry back.
 """
 
 import os as _os
@@ -10,6 +14,8 @@ import os as _os
 # in this package can import them (an explicit MUJOCO_GL from the user wins).
 _os.environ.setdefault("MUJOCO_GL", "egl")
 
-from .registry import VALID_FORMS, EnvInfo, ParsedName, make_env, make_gymnasium_env, parse_env_name  # noqa: E402
+from .info import EnvInfo  # noqa: E402
+from .names import VALID_FORMS, ParsedName, parse_env_name  # noqa: E402
+from .registry import make_env, make_gymnasium_env  # noqa: E402
 
 __all__ = ["EnvInfo", "ParsedName", "VALID_FORMS", "make_env", "make_gymnasium_env", "parse_env_name"]

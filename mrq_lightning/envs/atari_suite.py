@@ -44,6 +44,11 @@ import torch
 from gymnasium import spaces
 
 from mrq_lightning.errors import EnvironmentSetupError
+from mrq_lightning.third_party import restore_gymnasium_wrappers, wrapper_elapsed_steps
+
+from .info import EnvInfo
+from .names import invalid_env_name
+from .state import numpy_rng_state, set_numpy_rng_state
 
 __all__ = ["ATARI_57", "EVAL_EPSILON", "AtariEnv", "register_ale"]
 
@@ -78,12 +83,10 @@ def _make_inner(game: str) -> gym.Env:
     register_ale()
     env_id = f"ALE/{game}-v5"
     if env_id not in gym.registry:
-        from .registry import _bad_name
-
         games = sorted({k[4:-3] for k in gym.registry if k.startswith("ALE/") and k.endswith("-v5")})
         close = difflib.get_close_matches(game, games, n=3)
         hint = f" Did you mean {close}?" if close else ""
-        raise _bad_name(
+        raise invalid_env_name(
             f"Atari-{game}-v5",
             f"unknown ALE game {game!r}.{hint} The paper's 57 games: {', '.join(ATARI_57)}",
         )
@@ -177,21 +180,17 @@ class AtariEnv(gym.Env):
     # ------------------------------------------------------------------ checkpoint/resume
     def get_state(self) -> dict:
         """Emulator state with its RNG (sticky actions), max-pool queue, frame history, frame counter, ε RNG."""
-        from .state import numpy_rng_state
-
         return {
             "ale": self.ale.cloneState(include_rng=True).serialize(),
             "frames": self._frames,
             "pool": torch.from_numpy(np.stack(self._pool)) if self._pool else None,
             "history": torch.from_numpy(np.stack(self._obs)) if self._obs else None,
             "rng": numpy_rng_state(self._rng),
-            "elapsed_steps": getattr(self.env, "_elapsed_steps", None),
+            "elapsed_steps": wrapper_elapsed_steps(self.env)[0],  # outermost layer (None: ALE v5 has no TimeLimit)
         }
 
     def set_state(self, state: dict) -> None:
         import ale_py
-
-        from .state import set_numpy_rng_state
 
         self.ale.restoreState(ale_py.ALEState(state["ale"]))
         self._frames = int(state["frames"])
@@ -200,17 +199,9 @@ class AtariEnv(gym.Env):
         if state["history"] is not None:
             self._obs.extend(list(state["history"].numpy().copy()))
         set_numpy_rng_state(self._rng, state["rng"])
-        wrapper = self.env
-        while wrapper is not None and wrapper is not getattr(wrapper, "unwrapped", None):
-            if hasattr(wrapper, "_has_reset"):
-                wrapper._has_reset = True
-            if state.get("elapsed_steps") is not None and hasattr(wrapper, "_elapsed_steps"):
-                wrapper._elapsed_steps = state["elapsed_steps"]
-            wrapper = getattr(wrapper, "env", None)
+        restore_gymnasium_wrappers(self.env, [state.get("elapsed_steps")])  # OrderEnforcing: mid-episode
 
-    def env_info(self, name: str):
-        from .registry import EnvInfo
-
+    def env_info(self, name: str) -> EnvInfo:
         return EnvInfo(
             name=name,
             obs_shape=(self.history, self.image_size, self.image_size),

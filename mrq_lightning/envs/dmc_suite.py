@@ -32,6 +32,11 @@ import torch
 from gymnasium import spaces
 
 from mrq_lightning.errors import EnvironmentSetupError
+from mrq_lightning.third_party import dmc_step_counters, set_dmc_step_counters
+
+from .info import EnvInfo
+from .names import invalid_env_name
+from .state import _MUTABLE_MODEL_FIELDS, mujoco_state, numpy_rng_state, set_mujoco_state, set_numpy_rng_state
 
 __all__ = ["DMC_TASKS", "DMCEnv", "DMCVisualEnv", "check_task", "camera_for"]
 
@@ -83,8 +88,6 @@ def check_task(domain: str, task: str, name: str | None = None) -> None:
     suite = _import_suite()
     if (domain, task) in suite.ALL_TASKS:
         return
-    from .registry import _bad_name
-
     paper = ", ".join(f"{d}-{t}" for d, t in DMC_TASKS)
     domains = sorted({d for d, _ in suite.ALL_TASKS})
     if domain not in domains:
@@ -92,7 +95,7 @@ def check_task(domain: str, task: str, name: str | None = None) -> None:
     else:
         tasks = sorted(t for d, t in suite.ALL_TASKS if d == domain)
         why = f"unknown task {task!r} for DMC domain {domain!r}; valid tasks: {', '.join(tasks)}"
-    raise _bad_name(name if name is not None else f"Dmc-{domain}-{task}", why)
+    raise invalid_env_name(name if name is not None else f"Dmc-{domain}-{task}", why)
 
 
 class DMCEnv(gym.Env):
@@ -168,30 +171,24 @@ class DMCEnv(gym.Env):
     # ------------------------------------------------------------------ checkpoint/resume
     def get_state(self) -> dict:
         """Physics (integration state + task-modified model fields), task RNG and step counters."""
-        from .state import _MUTABLE_MODEL_FIELDS, mujoco_state, numpy_rng_state
-
         physics = self._raw.physics
+        step_count, reset_next_step = dmc_step_counters(self._raw)
         return {
             "mujoco": mujoco_state(physics.model.ptr, physics.data.ptr, model_fields=_MUTABLE_MODEL_FIELDS),
             "task_random": numpy_rng_state(self._raw.task.random),
             "t": self._t,
-            "step_count": int(self._raw._step_count),
-            "reset_next_step": bool(self._raw._reset_next_step),
+            "step_count": step_count,
+            "reset_next_step": reset_next_step,
         }
 
     def set_state(self, state: dict) -> None:
-        from .state import set_mujoco_state, set_numpy_rng_state
-
         physics = self._raw.physics
         set_mujoco_state(physics.model.ptr, physics.data.ptr, state["mujoco"])
         set_numpy_rng_state(self._raw.task.random, state["task_random"])
         self._t = int(state["t"])
-        self._raw._step_count = int(state["step_count"])
-        self._raw._reset_next_step = bool(state["reset_next_step"])
+        set_dmc_step_counters(self._raw, state["step_count"], state["reset_next_step"])
 
-    def env_info(self, name: str):
-        from .registry import EnvInfo
-
+    def env_info(self, name: str) -> EnvInfo:
         shape = tuple(self.observation_space.shape)
         history = getattr(self, "history", 1)
         return EnvInfo(

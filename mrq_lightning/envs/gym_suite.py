@@ -25,6 +25,9 @@ from gymnasium import spaces
 
 from mrq_lightning.errors import EnvironmentNameError, EnvironmentSetupError
 
+from .info import EnvInfo
+from .state import gymnasium_state, set_gymnasium_state
+
 __all__ = ["GymSuiteEnv"]
 
 
@@ -126,13 +129,9 @@ class GymSuiteEnv(gym.Env):
     # ------------------------------------------------------------------ checkpoint/resume
     def get_state(self) -> dict | None:
         """Mid-episode state (MuJoCo or classic-control tasks), or ``None`` when this gymnasium env is not restorable."""
-        from .state import gymnasium_state
-
         return gymnasium_state(self.env)
 
     def set_state(self, state: dict) -> None:
-        from .state import set_gymnasium_state
-
         set_gymnasium_state(self.env, state)
 
     @staticmethod
@@ -140,9 +139,7 @@ class GymSuiteEnv(gym.Env):
         # astype always copies: every step hands TorchRL a fresh buffer.
         return np.asarray(obs).astype(np.float32).reshape(-1)
 
-    def env_info(self, name: str):
-        from .registry import EnvInfo
-
+    def env_info(self, name: str) -> EnvInfo:
         obs_dim = self.observation_space.shape[0]
         return EnvInfo(
             name=name,

@@ -4,7 +4,7 @@ Every preset's gymnasium-level class implements ``get_state() -> dict | None`` a
 
 * Gym MuJoCo tasks: MuJoCo's full integration state (``mj_getState(mjSTATE_INTEGRATION)``: time, qpos, qvel, act,
   warm start, controls, applied forces, mocap, user data), the unwrapped env's ``np_random`` and the gymnasium
-  wrappers' counters (``TimeLimit._elapsed_steps``).
+  wrappers' step counters (``TimeLimit``).
 * Gym classic-control tasks (those keeping their state in ``unwrapped.state``): that state, ``np_random`` and the
   wrapper counters.
 * DMC (proprio and visual): the MuJoCo integration state, the model fields that dm_control tasks change at reset
@@ -17,6 +17,11 @@ Any other gymnasium env returns ``None`` (not restorable): the trainer then star
 
 States hold only tensors, numbers, strings, bytes, lists, tuples and dicts, so they load with
 ``torch.load(weights_only=True)``.
+
+Other libraries' private attributes (gymnasium wrapper counters, the unwrapped env's generator, TorchRL's wrapped
+env, dm_control's step counters) are reached only through :mod:`mrq_lightning.third_party`. This module imports no
+suite and not the registry (the suites import it); MuJoCo and TorchRL are imported inside the functions that need
+them.
 """
 
 from __future__ import annotations
@@ -25,6 +30,13 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from mrq_lightning.third_party import (
+    gymnasium_np_random,
+    restore_gymnasium_wrappers,
+    torchrl_wrapped_env,
+    wrapper_elapsed_steps,
+)
 
 __all__ = [
     "get_env_state",
@@ -101,15 +113,6 @@ def set_mujoco_state(model, data, state: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ gymnasium
-def _wrapper_chain(env):
-    while True:
-        yield env
-        inner = getattr(env, "env", None)
-        if inner is None or inner is env:
-            return
-        env = inner
-
-
 def gymnasium_state(env) -> dict[str, Any] | None:
     """State of a plain ``gymnasium.make`` env (MuJoCo or classic control), or ``None`` if not restorable."""
     unwrapped = env.unwrapped
@@ -123,9 +126,10 @@ def gymnasium_state(env) -> dict[str, Any] | None:
         state["steps_beyond_terminated"] = extra
     else:
         return None
-    if getattr(unwrapped, "_np_random", None) is not None:
-        state["np_random"] = numpy_rng_state(unwrapped._np_random)
-    state["elapsed_steps"] = [getattr(w, "_elapsed_steps", None) for w in _wrapper_chain(env)]
+    rng = gymnasium_np_random(unwrapped)  # not ``np_random``: that would seed a fresh generator when unset
+    if rng is not None:
+        state["np_random"] = numpy_rng_state(rng)
+    state["elapsed_steps"] = wrapper_elapsed_steps(env)
     return state
 
 
@@ -142,20 +146,16 @@ def set_gymnasium_state(env, state: dict[str, Any]) -> None:
             unwrapped.steps_beyond_terminated = state["steps_beyond_terminated"]
     if "np_random" in state:
         set_numpy_rng_state(unwrapped.np_random, state["np_random"])
-    for wrapper, steps in zip(_wrapper_chain(env), state["elapsed_steps"]):
-        if steps is not None and hasattr(wrapper, "_elapsed_steps"):
-            wrapper._elapsed_steps = steps
-        if hasattr(wrapper, "_has_reset"):  # OrderEnforcing: the restored env is mid-episode
-            wrapper._has_reset = True
+    restore_gymnasium_wrappers(env, state["elapsed_steps"])  # TimeLimit counters; OrderEnforcing: mid-episode
 
 
 # ------------------------------------------------------------------------------------------------ TorchRL envs
 def _gymnasium_level(env):
-    """The preset's gymnasium-level env behind a TorchRL wrapper (``GymWrapper._env``), or ``env`` itself."""
+    """The preset's gymnasium-level env behind a TorchRL wrapper (``GymWrapper``), or ``env`` itself."""
     from torchrl.envs import EnvBase
 
     if isinstance(env, EnvBase):
-        inner = getattr(env, "_env", None)  # GymWrapper keeps the wrapped env here
+        inner = torchrl_wrapped_env(env)
         if inner is None:
             raise TypeError(f"{type(env).__name__} does not wrap a gymnasium env; cannot save its state")
         return inner

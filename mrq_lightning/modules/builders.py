@@ -24,6 +24,7 @@ from tensordict.nn import TensorDictModule
 from torch import nn
 from torchrl.envs.utils import ExplorationType, exploration_type
 
+from mrq_lightning.hyperparameters import ACTING, NETWORK, NetworkHParams
 from mrq_lightning.modules.networks import Encoder, Policy, TwinCritic
 
 __all__ = ["MRQNetworks", "make_mrq_networks", "MRQActor", "make_tensordict_modules"]
@@ -44,14 +45,16 @@ def make_mrq_networks(
     *,
     discrete: bool = False,
     pixels: bool = False,
-    zs_dim: int = 512,
-    za_dim: int = 256,
-    zsa_dim: int = 512,
-    hidden_dim: int = 512,
-    num_bins: int = 65,
-    gumbel_tau: float = 10.0,
+    zs_dim: int = NETWORK.zs_dim,
+    za_dim: int = NETWORK.za_dim,
+    zsa_dim: int = NETWORK.zsa_dim,
+    hidden_dim: int = NETWORK.hidden_dim,
+    num_bins: int = NETWORK.num_bins,
+    gumbel_tau: float = NETWORK.gumbel_tau,
 ) -> MRQNetworks:
     """Build encoder, twin critic and policy with the paper's sizes by default (spec §3)."""
+    NetworkHParams(zs_dim=zs_dim, za_dim=za_dim, zsa_dim=zsa_dim, hidden_dim=hidden_dim, num_bins=num_bins,
+                   gumbel_tau=gumbel_tau)  # fmt: skip  (validates every value)
     return MRQNetworks(
         encoder=Encoder(obs_shape, action_dim, pixels, zs_dim, za_dim, zsa_dim, hidden_dim, num_bins),
         critic=TwinCritic(zsa_dim, hidden_dim),
@@ -73,7 +76,7 @@ class MRQActor(nn.Module):
     Actions are in the agent's normalised space ([-1, 1], or one-hot); presets rescale to the env's bounds.
     """
 
-    def __init__(self, encoder: Encoder, policy: Policy, exploration_noise: float = 0.2) -> None:
+    def __init__(self, encoder: Encoder, policy: Policy, exploration_noise: float = ACTING.exploration_noise) -> None:
         super().__init__()
         self.encoder = encoder
         self.policy = policy
@@ -99,7 +102,9 @@ class MRQActor(nn.Module):
         return action.float()
 
 
-def make_tensordict_modules(networks: MRQNetworks, exploration_noise: float = 0.2) -> dict[str, TensorDictModule]:
+def make_tensordict_modules(
+    networks: MRQNetworks, exploration_noise: float = ACTING.exploration_noise
+) -> dict[str, TensorDictModule]:
     """Wrap the networks as TensorDictModules following the key table in this module's docstring."""
     enc = networks.encoder
     return {

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mrq_lightning.hyperparameters import NETWORK
+
 __all__ = [
     "init_weights",
     "DenseBlock",
@@ -55,7 +57,9 @@ class DenseBlock(nn.Sequential):
 class MLP(nn.Sequential):
     """``n_dense`` dense blocks followed by a plain Linear output layer (no norm, no activation)."""
 
-    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 512, activation: str = "elu", n_dense: int = 2):
+    def __init__(
+        self, in_dim: int, out_dim: int, hidden_dim: int = NETWORK.hidden_dim, activation: str = "elu", n_dense: int = 2
+    ) -> None:
         dims = [in_dim] + [hidden_dim] * n_dense
         layers: list[nn.Module] = [DenseBlock(a, b, activation) for a, b in zip(dims[:-1], dims[1:])]
         layers.append(nn.Linear(dims[-1], out_dim))
@@ -65,7 +69,7 @@ class MLP(nn.Sequential):
 class VectorStateEncoder(nn.Module):
     """f(s) for vector observations: MLP(obs_dim -> zs_dim) then LN + ELU (spec §3.2). No input normalisation."""
 
-    def __init__(self, obs_dim: int, zs_dim: int = 512, hidden_dim: int = 512) -> None:
+    def __init__(self, obs_dim: int, zs_dim: int = NETWORK.zs_dim, hidden_dim: int = NETWORK.hidden_dim) -> None:
         super().__init__()
         self.zs_dim = zs_dim
         self.mlp = MLP(obs_dim, zs_dim, hidden_dim, "elu")
@@ -80,7 +84,7 @@ class PixelStateEncoder(nn.Module):
     The input is scaled as ``x / 255 - 0.5``. The flattened size is computed from ``obs_shape`` (1568 at 84x84).
     """
 
-    def __init__(self, obs_shape: Sequence[int], zs_dim: int = 512, channels: int = 32) -> None:
+    def __init__(self, obs_shape: Sequence[int], zs_dim: int = NETWORK.zs_dim, channels: int = 32) -> None:
         super().__init__()
         in_channels = int(obs_shape[0])
         self.convs = nn.Sequential(
@@ -107,7 +111,14 @@ class StateActionEncoder(nn.Module):
     ``zsa`` is the raw output of the last Linear (spec §3.5).
     """
 
-    def __init__(self, action_dim: int, zs_dim: int = 512, za_dim: int = 256, zsa_dim: int = 512, hidden_dim: int = 512):
+    def __init__(
+        self,
+        action_dim: int,
+        zs_dim: int = NETWORK.zs_dim,
+        za_dim: int = NETWORK.za_dim,
+        zsa_dim: int = NETWORK.zsa_dim,
+        hidden_dim: int = NETWORK.hidden_dim,
+    ) -> None:
         super().__init__()
         self.action_embedding = nn.Linear(action_dim, za_dim)
         self.mlp = MLP(zs_dim + za_dim, zsa_dim, hidden_dim, "elu")
@@ -120,7 +131,9 @@ class StateActionEncoder(nn.Module):
 class MDPHead(nn.Module):
     """Linear MDP head m(zsa) -> (done, next zs, reward logits), split in that order (spec §3.6). All raw."""
 
-    def __init__(self, zsa_dim: int = 512, zs_dim: int = 512, num_bins: int = 65) -> None:
+    def __init__(
+        self, zsa_dim: int = NETWORK.zsa_dim, zs_dim: int = NETWORK.zs_dim, num_bins: int = NETWORK.num_bins
+    ) -> None:
         super().__init__()
         self.zs_dim = zs_dim
         self.linear = nn.Linear(zsa_dim, 1 + zs_dim + num_bins)
@@ -144,11 +157,11 @@ class Encoder(nn.Module):
         obs_shape: Sequence[int],
         action_dim: int,
         pixels: bool = False,
-        zs_dim: int = 512,
-        za_dim: int = 256,
-        zsa_dim: int = 512,
-        hidden_dim: int = 512,
-        num_bins: int = 65,
+        zs_dim: int = NETWORK.zs_dim,
+        za_dim: int = NETWORK.za_dim,
+        zsa_dim: int = NETWORK.zsa_dim,
+        hidden_dim: int = NETWORK.hidden_dim,
+        num_bins: int = NETWORK.num_bins,
     ) -> None:
         super().__init__()
         if pixels:
@@ -175,7 +188,9 @@ class Encoder(nn.Module):
 class TwinCritic(nn.Module):
     """Two independent value MLPs on zsa (3 dense blocks + Linear(->1) each); output ``[..., 2]`` (spec §3.7)."""
 
-    def __init__(self, zsa_dim: int = 512, hidden_dim: int = 512, num_critics: int = 2) -> None:
+    def __init__(
+        self, zsa_dim: int = NETWORK.zsa_dim, hidden_dim: int = NETWORK.hidden_dim, num_critics: int = 2
+    ) -> None:
         super().__init__()
         self.critics = nn.ModuleList(
             [MLP(zsa_dim, 1, hidden_dim, "elu", n_dense=3) for _ in range(num_critics)]
@@ -194,7 +209,12 @@ class Policy(nn.Module):
     """
 
     def __init__(
-        self, action_dim: int, discrete: bool = False, zs_dim: int = 512, hidden_dim: int = 512, gumbel_tau: float = 10.0
+        self,
+        action_dim: int,
+        discrete: bool = False,
+        zs_dim: int = NETWORK.zs_dim,
+        hidden_dim: int = NETWORK.hidden_dim,
+        gumbel_tau: float = NETWORK.gumbel_tau,
     ) -> None:
         super().__init__()
         self.discrete = discrete

@@ -40,6 +40,7 @@ from torch import nn
 from torchrl.objectives import LossModule
 
 from mrq_lightning import functional as MF
+from mrq_lightning.hyperparameters import LOSS, NETWORK, LossHParams
 from mrq_lightning.modules.networks import Encoder, Policy, TwinCritic
 
 __all__ = ["MRQLoss"]
@@ -102,20 +103,25 @@ class MRQLoss(LossModule):
         critic: TwinCritic,
         policy: Policy,
         *,
-        gamma: float = 0.99,
-        dynamics_weight: float = 1.0,
-        reward_weight: float = 0.1,
-        terminal_weight: float = 0.1,
-        target_policy_noise: float = 0.2,
-        target_noise_clip: float = 0.3,
-        pre_activation_weight: float = 1e-5,
-        lap_alpha: float = 0.4,
-        min_priority: float = 1.0,
-        num_bins: int = 65,
+        gamma: float = LOSS.gamma,
+        dynamics_weight: float = LOSS.dynamics_weight,
+        reward_weight: float = LOSS.reward_weight,
+        terminal_weight: float = LOSS.terminal_weight,
+        target_policy_noise: float = LOSS.target_policy_noise,
+        target_noise_clip: float = LOSS.target_noise_clip,
+        pre_activation_weight: float = LOSS.pre_activation_weight,
+        lap_alpha: float = LOSS.lap_alpha,
+        min_priority: float = LOSS.min_priority,
+        num_bins: int = NETWORK.num_bins,
         bin_range: float = 10.0,
         official_quirks: bool = False,
     ) -> None:
         super().__init__()
+        LossHParams(
+            gamma=gamma, dynamics_weight=dynamics_weight, reward_weight=reward_weight, terminal_weight=terminal_weight,
+            target_policy_noise=target_policy_noise, target_noise_clip=target_noise_clip,
+            pre_activation_weight=pre_activation_weight, lap_alpha=lap_alpha, min_priority=min_priority,
+        )  # fmt: skip  (validates every value)
         self.encoder = encoder
         self.critic = critic
         self.policy = policy

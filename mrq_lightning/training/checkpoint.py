@@ -45,14 +45,15 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
+from mrq_lightning import third_party
 from mrq_lightning.atomic_io import atomic_torch_save, fsync_directory
 from mrq_lightning.errors import CheckpointError, MRQUserError
+from mrq_lightning.training.resume import CKPT_FORMAT
 
 log = logging.getLogger(__name__)
 
 __all__ = ["CKPT_FORMAT", "AtomicCheckpointIO", "MRQCheckpoint", "atomic_torch_save", "env_step_name"]
 
-CKPT_FORMAT = "mrq_lightning.ckpt/1"
 RUN_FILE = "mrq_run.json"
 SIDECAR_SUFFIX = ".replay"
 LAST = "last.ckpt"
@@ -258,8 +259,6 @@ class MRQCheckpoint(ModelCheckpoint):
         self._last_saved_step = step
         self.last_model_path = str(ckpt)
         self.best_model_path = str(ckpt)
-        self._last_checkpoint_saved = str(ckpt)
-        self._last_global_step_saved = trainer.global_step
         self.last_save_seconds = time.perf_counter() - t0
         rank_zero_info(f"MR.Q checkpoint at env step {step}: {ckpt} ({self.last_save_seconds:.1f} s)")
         return ckpt
@@ -323,7 +322,7 @@ class MRQCheckpoint(ModelCheckpoint):
         if trainer.loggers:
             logger = trainer.loggers[0]
             root = getattr(logger, "root_dir", None)
-            version = getattr(logger, "_version", None)
+            version = third_party.logger_pinned_version(logger)
             if root is not None:
                 if version is not None:  # the user fixed the version
                     version = version if isinstance(version, str) else f"version_{version}"
@@ -366,15 +365,16 @@ class MRQCheckpoint(ModelCheckpoint):
             return
         logger = trainer.loggers[0]
         root = getattr(logger, "root_dir", None)
-        if root is None or getattr(logger, "_version", None) is not None:
+        if root is None or third_party.logger_pinned_version(logger) is not None:
             return
         run_dir = Path(ckpt_path).absolute().parent.parent
         if Path(ckpt_path).absolute().parent.name == "checkpoints" and run_dir.parent == Path(root).absolute():
-            logger._version = _version_of(run_dir)
+            third_party.pin_logger_version(logger, _version_of(run_dir))
             rank_zero_info(f"Resuming run directory {run_dir}")
 
     def _find_last_checkpoints(self, trainer) -> set[str]:
-        # Called by Lightning for ckpt_path="last", before the logger picks its version directory.
+        # A private Lightning hook (lightning 2.6.6; listed in third_party.py): called for ckpt_path="last", before
+        # the logger picks its version directory.
         last = self.find_last(trainer)
         if last is None:
             return set()

@@ -55,6 +55,7 @@ class MRQLightningCLI(LightningCLI):
         parser.add_lightning_class_args(MRQCheckpoint, "checkpoint")
 
     def _instantiate_trainer(self, config, callbacks):
+        # (Private LightningCLI hook, lightning 2.6.6; listed in third_party.py.)
         # `--trainer.enable_checkpointing false` turns the always-on env-step checkpoint callback off (Lightning
         # would otherwise refuse a ModelCheckpoint subclass next to that flag).
         if config.get("enable_checkpointing") is False:
@@ -62,6 +63,7 @@ class MRQLightningCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
     def _parse_ckpt_path(self) -> None:
+        # (Private LightningCLI hook, lightning 2.6.6; listed in third_party.py.)
         # LightningCLI reads an explicit checkpoint file's model hyperparameters into the config (so the model is
         # rebuilt as it was saved); an unreadable file must give a CheckpointError, not a traceback. A missing file
         # is refused here, before the trainer opens a log directory that would be left behind empty.

@@ -4,38 +4,44 @@ One ``training_step`` is one environment step (spec §9): the stream below steps
 transition, and hands the step index to the module, which then samples its own batches from :attr:`buffer`
 (so that priorities written by update t are seen by the sample of update t + 1).
 
-Ordering pitfalls handled here (brief §4): the stream is *sized*, so Lightning does not prefetch the next env step
-before the current update; the DataLoader uses an identity collate; the collector is built in
-``train_dataloader()``, i.e. after the module sits on its device.
+Ordering handled here: the stream is *sized*, so Lightning does not prefetch the next env step before the current
+update; the DataLoader uses an identity collate; the collector is built in ``train_dataloader()``, i.e. after the
+module sits on its device.
 
-Checkpoint/resume (issue 5): :meth:`state_dict` (in the ``.ckpt``, rank 0) holds the data config and the sidecar
-name; :meth:`save_rank_state` writes each rank's replay buffer and its rank-local state (simulator state, the
-collector's current observation, episode bookkeeping, RNG states) into the sidecar; :meth:`load_state_dict` loads
-them back on every rank, and the first ``next()`` of the env-step stream re-applies the simulator state, the
-observation and the RNG states, so the run continues exactly where the checkpoint was taken.
+The replay buffer follows the model: its window, LAP alpha and minimum priority come from
+``MRQ.replay_settings()`` (algorithm §11). The random phase and the start of learning follow :class:`Warmup`
+(algorithm §9; §16 Q9 under ``official_quirks``).
+
+Checkpoint/resume: :meth:`state_dict` (in the ``.ckpt``, rank 0) holds the data config and the sidecar name;
+:meth:`save_rank_state` writes each rank's replay buffer and its rank-local state (simulator state, the collector's
+current observation, episode bookkeeping, RNG states) into the sidecar; :meth:`load_state_dict` loads them back on
+every rank, and the first ``next()`` of the env-step stream re-applies the simulator state, the observation and the
+RNG states, so the run continues exactly where the checkpoint was taken (helpers: ``training/resume.py``).
 """
 
 from __future__ import annotations
 
 import logging
-import random
+import math
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from tensordict import TensorDict, TensorDictBase
 from torch.utils.data import DataLoader, IterableDataset
 from torchrl.collectors import Collector
 
+from mrq_lightning import third_party
+from mrq_lightning.agent import Warmup
 from mrq_lightning.data import MRQReplayBuffer
 from mrq_lightning.envs import EnvInfo, make_env, parse_env_name
-from mrq_lightning.envs.state import get_env_state, numpy_rng_state, set_env_state, set_numpy_rng_state
+from mrq_lightning.envs.state import get_env_state, set_env_state
 from mrq_lightning.errors import CheckpointError, ConfigurationError
 from mrq_lightning.evaluation import evaluate_policy
-from mrq_lightning.training.checkpoint import atomic_torch_save
+from mrq_lightning.hyperparameters import REPLAY, ReplayHParams, replay_settings
+from mrq_lightning.training.resume import capture_rng, check_data_section, read_rank_state, restore_rng, write_rank_state
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +49,8 @@ __all__ = ["MRQDataModule"]
 
 
 def _official_random_phase_action(transition: TensorDictBase) -> TensorDictBase:
-    """Spec §16 Q2, reproduced: the official buffer stores a random-phase discrete action (a ``numpy.int64``, not
-    one-hot encoded there) as its index broadcast over every action dimension, e.g. ``[3, 3, 3, 3]``."""
+    """Algorithm §16 Q2, reproduced: the official buffer stores a random-phase discrete action (a ``numpy.int64``,
+    not one-hot encoded there) as its index broadcast over every action dimension, e.g. ``[3, 3, 3, 3]``."""
     one_hot = transition.get("action")
     index = one_hot.argmax(-1, keepdim=True).to(torch.float32)
     return transition.clone(recurse=False).set("action", index.expand(one_hot.shape).clone())
@@ -66,40 +72,16 @@ class EnvStepStream(IterableDataset):
         return max(self.total - self.start, 0)
 
     def __iter__(self):
-        # Resume: simulator state, current observation and RNG states go back right before the first env step,
-        # after everything Lightning does between restore and training (which may draw random numbers).
-        self.datamodule.apply_pending_resume()
+        # Simulator state, current observation and RNG states go in right before the first env step, after
+        # everything Lightning does between building the collector and training (which may draw random numbers).
+        self.datamodule.start_stream()
         for step in range(self.start, self.total):
             self.datamodule.collect_step()
             yield step
 
 
-RANK_STATE_FORMAT = "mrq_lightning.rank_state/1"
-RANK_STATE_FILE = "state.pt"
-BUFFER_DIR = "buffer"
 # Data settings that must match to resume a checkpoint (the budget and evaluation settings may change).
 RESUME_KEYS = ("env", "seed", "random_steps", "buffer_capacity", "pixel_augmentation", "official_quirks")
-
-
-def capture_rng(device: torch.device | None = None) -> dict[str, Any]:
-    """Global RNG states: python, numpy, torch (CPU) and the CUDA device's, weights-only loadable."""
-    state = {
-        "python": random.getstate(),
-        "numpy": numpy_rng_state(np.random.mtrand._rand),
-        "torch": torch.get_rng_state(),
-    }
-    if device is not None and device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def restore_rng(state: dict[str, Any], device: torch.device | None = None) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    set_numpy_rng_state(np.random.mtrand._rand, state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and device is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 class MRQDataModule(LightningDataModule):
@@ -108,15 +90,17 @@ class MRQDataModule(LightningDataModule):
     Args:
         env: environment name: ``Gym-<id>``, ``Dmc-<domain>-<task>``, ``Dmc-visual-<domain>-<task>`` or
             ``Atari-<Game>-v5``.
-        seed: base seed. The training env of rank r uses ``seed + 1000 * r``; the eval env ``seed + 100`` (spec §14).
+        seed: base seed. The training env of rank r uses ``seed + 1000 * r``; the eval env ``seed + 100``
+            (algorithm §14).
         total_steps: environment-step budget (agent steps, after action repeat).
-        random_steps: uniform random actions for this many initial env steps; RL updates start after them.
+        random_steps: uniform random actions for this many initial env steps; RL updates start after them
+            (replay slots instead of env steps under ``official_quirks``, algorithm §16 Q9).
         eval_every: evaluate every this many env steps (and at step 0 and at the end).
         eval_episodes: episodes per evaluation.
         buffer_capacity: replay slots (one per transition plus one per episode end).
         buffer_device: ``"auto"`` (the training device when it is a GPU, else CPU), ``"cpu"`` or ``"cuda"``.
-        pixel_augmentation: DrQ random shift on sampled pixel states (spec §12).
-        official_quirks: reproduce the official code's quirks Q1, Q2, Q4, Q5 here (linked to the model's switch).
+        pixel_augmentation: DrQ random shift on sampled pixel states (algorithm §12).
+        official_quirks: reproduce the official code's quirks Q1, Q2, Q4, Q5, Q9 here (linked to the model's switch).
     """
 
     def __init__(
@@ -124,21 +108,22 @@ class MRQDataModule(LightningDataModule):
         env: str = "Gym-HalfCheetah-v4",
         seed: int = 0,
         total_steps: int = 1_000_000,
-        random_steps: int = 10_000,
+        random_steps: int = REPLAY.random_steps,
         eval_every: int = 5_000,
         eval_episodes: int = 10,
-        buffer_capacity: int = 1_000_000,
+        buffer_capacity: int = REPLAY.capacity,
         buffer_device: str = "auto",
-        pixel_augmentation: bool = True,
+        pixel_augmentation: bool = REPLAY.pixel_augmentation,
         official_quirks: bool = False,
     ) -> None:
         super().__init__()
-        if total_steps < 1 or eval_every < 1 or eval_episodes < 0 or random_steps < 0:
+        if total_steps < 1 or eval_every < 1 or eval_episodes < 0 or random_steps < 0 or buffer_capacity < 1:
             raise ConfigurationError(
-                "data.total_steps and data.eval_every must be >= 1, data.random_steps and data.eval_episodes >= 0; got "
-                f"total_steps={total_steps}, eval_every={eval_every}, random_steps={random_steps}, "
-                f"eval_episodes={eval_episodes}"
+                "data.total_steps, data.eval_every and data.buffer_capacity must be >= 1, data.random_steps and "
+                f"data.eval_episodes >= 0; got total_steps={total_steps}, eval_every={eval_every}, "
+                f"buffer_capacity={buffer_capacity}, random_steps={random_steps}, eval_episodes={eval_episodes}"
             )
+        ReplayHParams(capacity=buffer_capacity, random_steps=random_steps, pixel_augmentation=pixel_augmentation)
         parse_env_name(env)  # fail at config time, before any simulator starts, with the valid forms
         self.env_name = env
         self.seed = seed
@@ -150,6 +135,7 @@ class MRQDataModule(LightningDataModule):
         self.buffer_device = buffer_device
         self.pixel_augmentation = pixel_augmentation
         self.official_quirks = official_quirks
+        self.warmup = Warmup(random_steps, official_quirks)
 
         self.env = None
         self.eval_env = None
@@ -169,6 +155,7 @@ class MRQDataModule(LightningDataModule):
         # be applied at the first env step of the resumed stream.
         self.checkpoint_sidecar: str | None = None
         self._pending_resume: dict[str, Any] | None = None
+        self._stream_rng: dict[str, Any] | None = None  # fresh run: the RNG state once the collector is built
 
     # ------------------------------------------------------------------ setup
     @property
@@ -179,21 +166,24 @@ class MRQDataModule(LightningDataModule):
     def world_size(self) -> int:
         return self.trainer.world_size if self.trainer is not None else 1
 
+    @property
+    def _root_device(self) -> torch.device | None:
+        return self.trainer.strategy.root_device if self.trainer is not None else None
+
     def resume_config(self) -> dict[str, Any]:
-        return {
-            "env": self.env_name,
-            "seed": self.seed,
-            "random_steps": self.random_steps,
-            "buffer_capacity": self.buffer_capacity,
-            "pixel_augmentation": self.pixel_augmentation,
-            "official_quirks": self.official_quirks,
-        }
+        return {key: getattr(self, "env_name" if key == "env" else key) for key in RESUME_KEYS}
 
     def _resolve_buffer_device(self) -> torch.device:
         if self.buffer_device != "auto":
             return torch.device(self.buffer_device)
-        root = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        root = self._root_device or torch.device("cpu")
         return root if root.type == "cuda" else torch.device("cpu")
+
+    def _replay_settings(self) -> dict[str, Any]:
+        """Window, LAP alpha and minimum priority of the model being trained (the paper's without one)."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        settings = getattr(module, "replay_settings", None)
+        return settings() if callable(settings) else replay_settings()
 
     def setup(self, stage: str | None = None) -> None:
         if self.env_info is not None:
@@ -206,7 +196,7 @@ class MRQDataModule(LightningDataModule):
         )
         info = self.env_info
         if info.discrete:
-            # The extra greedy metric (spec §16 Q10) gets its own eval env, seeded alike: the official rule's
+            # The extra greedy metric (algorithm §16 Q10) gets its own eval env, seeded alike: the official rule's
             # episodes then see the same env random streams (sticky actions, ε) as in the official code.
             self.greedy_eval_env, _ = make_env(
                 self.env_name, self.seed + 100, evaluation=True, official_quirks=self.official_quirks
@@ -220,11 +210,12 @@ class MRQDataModule(LightningDataModule):
             augment=self.pixel_augmentation,
             official_quirks=self.official_quirks,
             device=self._resolve_buffer_device(),
+            **self._replay_settings(),
         )
-        log.info("MR.Q env %s: %s; replay on %s", self.env_name, info, self.buffer.device if hasattr(self.buffer, "device") else "?")
+        log.info("MR.Q env %s: %s; replay %s", self.env_name, info, self.buffer)
 
     # ------------------------------------------------------------------ collection
-    def build_collector(self, policy, start_step: int = 0) -> None:
+    def build_collector(self, policy) -> None:
         """Create the single-env, one-frame-per-batch collector that drives training."""
         if self.collector is not None:
             self.collector.shutdown()
@@ -234,20 +225,23 @@ class MRQDataModule(LightningDataModule):
             policy,
             frames_per_batch=1,
             total_frames=-1,
-            init_random_frames=max(self.random_steps - start_step, 0) or None,
             policy_device=device,
             env_device="cpu",
-            storing_device=getattr(self.buffer, "device", "cpu"),
+            storing_device=self.buffer.device,
             track_traj_ids=False,
             auto_register_policy_transforms=False,
         )
         self._collector_iter = iter(self.collector)
 
     def collect_step(self) -> None:
-        """One env step through the collector, stored in the replay buffer (spec §9 steps 2-3, 5)."""
+        """One env step through the collector, stored in the replay buffer (algorithm §9 steps 2-3, 5)."""
         t0 = time.perf_counter()
+        random_action = self.warmup.acts_randomly(self.env_steps, len(self.buffer))
+        # The collector acts with env.rand_action while init_random_frames exceeds its frame count (TorchRL's own
+        # way of switching a running collector; the warm-up rule decides).
+        self.collector.init_random_frames = math.inf if random_action else 0
         transition = next(self._collector_iter)
-        if self.official_quirks and self.env_info.discrete and self.env_steps < self.random_steps:
+        if self.official_quirks and random_action and self.env_info.discrete:
             transition = _official_random_phase_action(transition)
         self.buffer.extend(transition)
         self.env_steps += 1
@@ -281,12 +275,8 @@ class MRQDataModule(LightningDataModule):
 
     def save_rank_state(self, rank_dir: str | Path, extra: dict[str, Any] | None = None) -> None:
         """Write this rank's replay buffer and rank-local state into ``rank_dir`` (buffer first, state last)."""
-        rank_dir = Path(rank_dir)
-        self.buffer.dumps(rank_dir / BUFFER_DIR)
-        carrier = self.collector._carrier if self.collector is not None else None
-        device = self.trainer.strategy.root_device if self.trainer is not None else None
+        carrier = third_party.collector_carrier(self.collector) if self.collector is not None else None
         state = {
-            "format": RANK_STATE_FORMAT,
             "rank": self.rank,
             "world_size": self.world_size,
             "env": self.env_name,
@@ -300,65 +290,22 @@ class MRQDataModule(LightningDataModule):
             "env_state": get_env_state(self.env),
             "eval_env_state": get_env_state(self.eval_env),
             "greedy_eval_env_state": None if self.greedy_eval_env is None else get_env_state(self.greedy_eval_env),
-            "rng": capture_rng(device),
+            "rng": capture_rng(self._root_device),
             **(extra or {}),
         }
-        atomic_torch_save(state, rank_dir / RANK_STATE_FILE)
+        write_rank_state(rank_dir, self.buffer, state)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Validate the checkpoint against this config; when fitting, load this rank's sidecar."""
         trainer = self.trainer
-        ckpt = Path(trainer.ckpt_path) if trainer is not None and trainer.ckpt_path else None
-        fix = "Fix: resume with the configuration of the original run, or drop --ckpt_path to start a fresh run."
-        saved = state_dict.get("config", {})
         if trainer is None or trainer.state.fn != "fit":
             return
-        mismatch = [f"data.{k}: checkpoint {saved.get(k)!r}, now {v!r}" for k, v in self.resume_config().items()
-                    if saved.get(k) != v]  # fmt: skip
-        if mismatch:
-            raise CheckpointError(f"checkpoint {ckpt} does not match this run's data config ({'; '.join(mismatch)}). {fix}")
-        if state_dict.get("world_size") != self.world_size:
-            raise CheckpointError(
-                f"checkpoint {ckpt} was written by {state_dict.get('world_size')} rank(s), this run has "
-                f"{self.world_size}: every rank restores its own env, RNG and replay buffer. Fix: resume with "
-                f"--trainer.devices {state_dict.get('world_size')} (same strategy and node count)."
-            )
-        if not state_dict.get("sidecar"):
-            raise CheckpointError(f"checkpoint {ckpt} names no replay sidecar; it cannot resume training. {fix}")
-        rank_dir = ckpt.parent / state_dict["sidecar"] / f"rank{self.rank}"
-        state_file = rank_dir / RANK_STATE_FILE
-        if not state_file.is_file():
-            raise CheckpointError(
-                f"checkpoint {ckpt}: its replay sidecar {rank_dir} is missing or incomplete (no {RANK_STATE_FILE}). "
-                f"Resuming needs the directory {state_dict['sidecar']} beside the .ckpt. Fix: copy it next to the "
-                "checkpoint, resume from another checkpoint, or start a fresh run without --ckpt_path."
-            )
-        try:
-            rank_state = torch.load(state_file, map_location="cpu", weights_only=True)
-        except Exception as err:  # any unpickling failure means a corrupt file
-            raise CheckpointError(f"checkpoint {ckpt}: rank state {state_file} is corrupt ({err}). {fix}") from err
-        if (
-            not isinstance(rank_state, dict)
-            or rank_state.get("format") != RANK_STATE_FORMAT
-            or rank_state.get("env_steps") != state_dict.get("env_steps")
-            or rank_state.get("env") != self.env_name
-        ):
-            raise CheckpointError(
-                f"checkpoint {ckpt}: rank state {state_file} does not belong to it (env steps "
-                f"{rank_state.get('env_steps') if isinstance(rank_state, dict) else '?'} vs "
-                f"{state_dict.get('env_steps')}). {fix}"
-            )
-        try:
-            self.buffer.loads(rank_dir / BUFFER_DIR)
-        except (CheckpointError, FileNotFoundError) as err:
-            raise CheckpointError(f"checkpoint {ckpt}: cannot restore the replay buffer: {err}. {fix}") from err
-        expected = rank_state["buffer"]
-        if len(self.buffer) != expected["size"] or int(self.buffer.write_count) != expected["write_count"]:
-            raise CheckpointError(
-                f"checkpoint {ckpt}: replay buffer in {rank_dir} holds {len(self.buffer)} slots / "
-                f"{self.buffer.write_count} writes, the rank state expects {expected['size']} / "
-                f"{expected['write_count']}. {fix}"
-            )
+        ckpt = Path(trainer.ckpt_path) if trainer.ckpt_path else None
+        sidecar = check_data_section(state_dict, path=ckpt, config=self.resume_config(), world_size=self.world_size)
+        rank_dir = ckpt.parent / sidecar / f"rank{self.rank}"
+        rank_state = read_rank_state(
+            rank_dir, self.buffer, ckpt=ckpt, env_steps=state_dict.get("env_steps"), env_name=self.env_name
+        )
         self.env_steps = int(rank_state["env_steps"])
         self.episodes = int(rank_state["episodes"])
         self._episode_return = float(rank_state["episode_return"])
@@ -368,20 +315,27 @@ class MRQDataModule(LightningDataModule):
         log.info("rank %d: restored replay buffer (%d slots) and state at env step %d from %s",
                  self.rank, len(self.buffer), self.env_steps, rank_dir)  # fmt: skip
 
-    def apply_pending_resume(self) -> None:
-        """Put the simulator, the collector's current observation and the RNGs back (first env step after resume)."""
+    def start_stream(self) -> None:
+        """Right before the first env step: put the RNG states back to where they were once the collector was
+        built (a fresh run), or the simulator, the collector's observation and the RNGs to the checkpoint's."""
         state, self._pending_resume = self._pending_resume, None
+        stream_rng, self._stream_rng = self._stream_rng, None
         if state is None:
+            if stream_rng is not None:
+                # Lightning draws from the torch RNG between train_dataloader() and the first batch (the DataLoader
+                # iterator's base seed). Undoing that makes a fit consume random numbers exactly like a plain loop
+                # (seed, envs, networks, collector, steps): the two produce bit-identical parameters.
+                restore_rng(stream_rng, self._root_device)
             return
-        collector = self.collector
         restored = False
         if state["env_state"] is not None:
             try:
                 set_env_state(self.env, state["env_state"])
             except ValueError as err:
                 raise CheckpointError(f"cannot restore the {self.env_name} simulator state: {err}") from err
-            carrier = collector._carrier
-            collector._carrier = TensorDict(state["carrier"], batch_size=carrier.batch_size, device=carrier.device)
+            carrier = third_party.collector_carrier(self.collector)
+            saved = TensorDict(state["carrier"], batch_size=carrier.batch_size, device=carrier.device)
+            third_party.set_collector_carrier(self.collector, saved)
             restored = True
         if state.get("eval_env_state") is not None:
             set_env_state(self.eval_env, state["eval_env_state"])
@@ -398,7 +352,7 @@ class MRQDataModule(LightningDataModule):
                 self.buffer.end_episode(state["carrier"]["observation"].reshape(self.env_info.obs_shape))
             self._episode_return = 0.0
             self._mid_episode = False
-        restore_rng(state["rng"], self.trainer.strategy.root_device if self.trainer is not None else None)
+        restore_rng(state["rng"], self._root_device)
 
     # ------------------------------------------------------------------ loaders
     def train_dataloader(self) -> DataLoader:
@@ -406,7 +360,9 @@ class MRQDataModule(LightningDataModule):
         if self.env_steps >= self.total_steps:
             log.warning("env step %d already reaches data.total_steps=%d: nothing to train (raise --data.total_steps "
                         "to continue this run)", self.env_steps, self.total_steps)  # fmt: skip
-        self.build_collector(module.acting_policy, start_step=self.env_steps)
+        self.build_collector(module.acting_policy)
+        if self._pending_resume is None:
+            self._stream_rng = capture_rng(self._root_device)
         stream = EnvStepStream(self, self.env_steps, self.total_steps)
         return DataLoader(stream, batch_size=None, num_workers=0, collate_fn=_identity)
 
