@@ -4,42 +4,23 @@ overlays (issue 5); 16-mixed is refused with a clear message."""
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import CONFIGS, SMOKE, run_ok, tensorboard_scalars
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "OMP_NUM_THREADS": "1"}
-BASE = ["fit", "--config", f"{REPO}/configs/dmc.yaml", "--config", f"{REPO}/configs/smoke.yaml",
-        "--data.env", "Dmc-cartpole-balance", "--data.total_steps", "200", "--progress_bar.refresh_rate", "0"]  # fmt: skip
+BASE = ["fit", *SMOKE, "--data.total_steps", "200"]
 RUN_DIR = Path("logs") / "mrq" / "version_0"
 
-
-def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "mrq_lightning", *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
-
-
-def _scalar_values(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(log_dir))
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+_cli, _scalar_values = run_ok, tensorboard_scalars
 
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("ddp")
-    proc = _cli([*BASE, "--config", f"{REPO}/configs/overlays/ddp.yaml", "--trainer.accelerator", "cpu"], cwd)
+    proc = _cli([*BASE, "--config", str(CONFIGS / "overlays" / "ddp.yaml"), "--trainer.accelerator", "cpu"], cwd)
     return cwd, proc
 
 
@@ -77,7 +58,7 @@ def test_ddp_checkpoint_needs_the_same_number_of_ranks(ddp_run, tmp_path, monkey
     ckpt = ddp_run[0] / RUN_DIR / "checkpoints" / "last.ckpt"
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
-        main([*BASE[:-4], "--data.total_steps", "300", "--ckpt_path", str(ckpt)])
+        main([*BASE[:-2], "--data.total_steps", "300", "--ckpt_path", str(ckpt)])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert f"checkpoint {ckpt} was written by 2 rank(s), this run has 1" in err and "--trainer.devices 2" in err
@@ -85,7 +66,7 @@ def test_ddp_checkpoint_needs_the_same_number_of_ranks(ddp_run, tmp_path, monkey
 
 @pytest.mark.slow
 def test_bf16_mixed_smoke_fit(tmp_path):
-    proc = _cli([*BASE, "--config", f"{REPO}/configs/overlays/bf16.yaml"], tmp_path)
+    proc = _cli([*BASE, "--config", str(CONFIGS / "overlays" / "bf16.yaml")], tmp_path)
     assert "bfloat16 Automatic Mixed Precision" in proc.stdout + proc.stderr
     scalars = _scalar_values(tmp_path / RUN_DIR)
     for tag in ("loss/encoder", "loss/value", "loss/policy", "train/q_mean", "eval/return"):

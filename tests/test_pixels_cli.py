@@ -7,32 +7,20 @@ conv encoder is full size, and DMC-visual renders with MuJoCo's software rendere
 from __future__ import annotations
 
 import glob
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import CONFIGS, run_ok, tensorboard_scalars
 
-REPO = Path(__file__).resolve().parents[1]
 SHORT = ["--data.total_steps", "200", "--data.random_steps", "100", "--data.eval_every", "200",
          "--model.batch_size", "16", "--model.target_update_period", "20", "--progress_bar.refresh_rate", "1000"]  # fmt: skip
 
 
 def _fit(preset: str, env: str, cwd: Path) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "mrq_lightning", "fit", "--config", f"{REPO}/configs/{preset}",
-         "--config", f"{REPO}/configs/smoke.yaml", "--data.env", env, *SHORT],
-        cwd=cwd, capture_output=True, text=True, timeout=900,
-        env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")},
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_ok(["fit", "--config", str(CONFIGS / preset), "--config", str(CONFIGS / "smoke.yaml"), "--data.env", env,
+            *SHORT], cwd, timeout=900, threads=2)  # fmt: skip
     (log_dir,) = glob.glob(str(cwd / "logs" / "mrq" / "version_*"))
-    acc = EventAccumulator(log_dir)
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    return tensorboard_scalars(log_dir)
 
 
 @pytest.mark.slow

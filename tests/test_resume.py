@@ -20,34 +20,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SMOKE, cli_env, run_cli, run_ok, scalar_steps
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "OMP_NUM_THREADS": "1"}
-BASE = ["fit", "--config", f"{REPO}/configs/dmc.yaml", "--config", f"{REPO}/configs/smoke.yaml",
-        "--data.env", "Dmc-cartpole-balance", "--progress_bar.refresh_rate", "0"]  # fmt: skip
+ENV = cli_env(threads=1)
+BASE = ["fit", *SMOKE]
 CKPT_DIR = Path("logs") / "mrq" / "version_0" / "checkpoints"
 
 pytestmark = pytest.mark.slow
 
-
-def _cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mrq_lightning", *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
-
-
-def _scalars(path: str) -> dict[str, list[int]]:
-    """Steps of every scalar tag in a run directory (all event files, purged as TensorBoard shows them) or a file."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(path))
-    acc.Reload()
-    return {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+_cli, _scalars = run_cli, scalar_steps
 
 
 def _load_checkpoint(ckpt: Path) -> tuple[dict, dict, dict]:
@@ -83,8 +64,8 @@ def _assert_equal(a, b, path="") -> None:
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("resumed")
-    first = _ok(_cli([*BASE, "--data.total_steps", "400"], cwd))
-    second = _ok(_cli([*BASE, "--data.total_steps", "800", "--ckpt_path", "last"], cwd))
+    first = run_ok([*BASE, "--data.total_steps", "400"], cwd)
+    second = run_ok([*BASE, "--data.total_steps", "800", "--ckpt_path", "last"], cwd)
     return cwd, first, second
 
 
@@ -92,7 +73,7 @@ def resumed(tmp_path_factory):
 def uninterrupted(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("uninterrupted")
     # No checkpoint before the end: the comparison also shows that saving one (at 400) leaves training untouched.
-    _ok(_cli([*BASE, "--data.total_steps", "800", "--checkpoint.every_n_env_steps", "0"], cwd))
+    run_ok([*BASE, "--data.total_steps", "800", "--checkpoint.every_n_env_steps", "0"], cwd)
     return cwd
 
 
@@ -173,7 +154,7 @@ def test_sigkill_mid_training_resumes_from_the_last_checkpoint(tmp_path):
     steps = _assert_every_checkpoint_loads(directory)
     saved = steps["last.ckpt"]
     assert saved >= 175 and saved % 25 == 0
-    resumed = _ok(_cli([*BASE, "--data.total_steps", str(saved + 50), "--ckpt_path", "last"], tmp_path))
+    resumed = run_ok([*BASE, "--data.total_steps", str(saved + 50), "--ckpt_path", "last"], tmp_path)
     assert f"resumes at env step {saved} " in resumed.stderr + resumed.stdout
     final = _assert_every_checkpoint_loads(directory)
     assert final["last.ckpt"] == saved + 50
@@ -217,7 +198,7 @@ def test_sigkill_during_a_checkpoint_write_leaves_no_corrupt_checkpoint(tmp_path
     assert any(p.name.startswith(".env_step=0000150.ckpt.") for p in directory.iterdir())
     assert _assert_every_checkpoint_loads(directory) == {"env_step=0000100.ckpt": 100, "last.ckpt": 100}
 
-    resumed = _ok(_cli([*BASE, "--data.total_steps", "200", "--ckpt_path", "last"], tmp_path))
+    resumed = run_ok([*BASE, "--data.total_steps", "200", "--ckpt_path", "last"], tmp_path)
     assert "resumes at env step 100 " in resumed.stderr + resumed.stdout
     assert _assert_every_checkpoint_loads(directory) == {"env_step=0000200.ckpt": 200, "last.ckpt": 200}
     # The killed run's events at 150 are on disk; the resumed run logged 150 again and TensorBoard shows it once.

@@ -3,49 +3,22 @@
 from __future__ import annotations
 
 import glob
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO, run_cli, tensorboard_scalars
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(str(p) for p in (REPO / "configs").glob("*.yaml") if p.name != "smoke.yaml")
-ENV = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "OMP_NUM_THREADS": "2"}
 
 
-def _cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mrq_lightning", *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def _scalars(log_dir: str) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(log_dir)
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory) -> Path:
-    """`fit --config configs/dmc.yaml --config configs/smoke.yaml` on Dmc-cartpole-balance (600 env steps)."""
-    cwd = tmp_path_factory.mktemp("smoke")
-    proc = _cli(
-        ["fit", "--config", f"{REPO}/configs/dmc.yaml", "--config", f"{REPO}/configs/smoke.yaml",
-         "--data.env", "Dmc-cartpole-balance"],
-        cwd,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return cwd
+def _cli(args: list[str], cwd: Path, timeout: int = 600):
+    return run_cli(args, cwd, timeout=timeout, threads=2)
 
 
 @pytest.mark.slow
 def test_smoke_fit_writes_tensorboard_scalars_by_env_step(smoke_run):
     (log_dir,) = glob.glob(str(smoke_run / "logs" / "mrq" / "version_*"))
-    scalars = _scalars(log_dir)
+    scalars = tensorboard_scalars(log_dir)
     required = [
         "eval/return", "train/episode_return", "loss/encoder", "loss/value", "loss/policy", "perf/steps_per_s",
         "train/reward_scale", "train/q_mean",

@@ -1,0 +1,75 @@
+"""Shared test helpers: the CLI runner, the TensorBoard reader and the repository paths.
+
+Tiers (markers in pyproject.toml):
+
+* fast, for development: ``pytest -m "not slow and not envs"`` (under 2 minutes on 2 CPU cores);
+* ``envs``: tests that build real simulators (MuJoCo, dm_control, ALE);
+* ``slow``: end-to-end runs through the real CLI (subprocesses).
+
+CI runs everything: ``pytest -q -p no:cacheprovider``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+SMOKE = ["--config", str(CONFIGS / "dmc.yaml"), "--config", str(CONFIGS / "smoke.yaml"),
+         "--data.env", "Dmc-cartpole-balance", "--progress_bar.refresh_rate", "0"]  # fmt: skip
+
+
+def cli_env(threads: int = 1, **extra: str) -> dict[str, str]:
+    """Environment for a subprocess: headless MuJoCo, ``threads`` torch threads (two 2-thread jobs on 2 cores
+    slow each other down ~10x), plus ``extra``."""
+    return {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "OMP_NUM_THREADS": str(threads), **extra}
+
+
+def run_cli(args: list[str], cwd: Path, *, timeout: int = 600, threads: int = 1) -> subprocess.CompletedProcess:
+    """``python -m mrq_lightning <args>`` in ``cwd``; output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "mrq_lightning", *args], cwd=cwd, env=cli_env(threads), capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+
+
+def run_ok(args: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess:
+    """:func:`run_cli` that must exit 0 (the assertion shows the end of stderr)."""
+    proc = run_cli(args, cwd, **kwargs)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def tensorboard_scalars(path: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of a run directory (all event files, purged as TensorBoard shows them) or of one event file:
+    ``{tag: [(step, value), ...]}``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(path))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def scalar_steps(path: str | Path) -> dict[str, list[int]]:
+    """The steps of every scalar tag (see :func:`tensorboard_scalars`)."""
+    return {tag: [step for step, _ in values] for tag, values in tensorboard_scalars(path).items()}
+
+
+# The smoke overlay on DMC cartpole-balance: 600 env steps, 100 random, seed 0 (tests/test_training.py, test_example.py).
+SMOKE_FIT_THREADS = 2
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> Path:
+    """The directory of one ``fit --config configs/dmc.yaml --config configs/smoke.yaml`` run on Dmc-cartpole-balance
+    (logs under ``logs/mrq/version_0``), shared by every test that inspects it."""
+    cwd = tmp_path_factory.mktemp("smoke")
+    args = ["fit", "--config", str(CONFIGS / "dmc.yaml"), "--config", str(CONFIGS / "smoke.yaml"),
+            "--data.env", "Dmc-cartpole-balance"]  # fmt: skip
+    run_ok(args, cwd, threads=SMOKE_FIT_THREADS)
+    return cwd
