@@ -1,10 +1,11 @@
 """Compare a run's ``eval/return`` curve with the official MR.Q per-seed results (10 seeds).
 
-    python benchmarks/compare_to_paper.py --logdir logs/mrq/version_0 --env Dmc-cartpole-balance
+    python benchmarks/compare_to_paper.py --logdir logs/mrq/version_0 --env Dmc-cartpole-balance --official_dir DIR
 
-Reads our TensorBoard scalars and ``../shared/reference/official-results/<benchmark>_results.txt`` (or
-``--results FILE``), and prints, at every evaluation step both have: our return, the official 10-seed mean,
-min and max, and whether ours lies inside the official seeds' range.
+Reads our TensorBoard scalars and the official per-seed results, ``DIR/<benchmark>_results.txt`` (the ``results/``
+folder of https://github.com/facebookresearch/MRQ; CC BY-NC data, not shipped with this package) or ``--results
+FILE``, and prints, at every evaluation step both have: our return, the official 10-seed mean, min and max, and
+whether ours lies inside the official seeds' range.
 """
 
 from __future__ import annotations
@@ -13,9 +14,6 @@ import argparse
 import glob
 import os
 from pathlib import Path
-
-RESULTS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "official-results"
-
 
 def official_curves(path: Path, env: str) -> dict[int, list[float]]:
     """``{timestep: [seed returns]}`` for ``env`` from an official results file."""
@@ -34,14 +32,14 @@ def official_curves(path: Path, env: str) -> dict[int, list[float]]:
     return curves
 
 
-def results_file_for(env: str) -> Path:
+def results_file_for(env: str, directory: Path) -> Path:
     if env.startswith("Dmc-visual-"):
-        return RESULTS_DIR / "dmc-visual_results.txt"
+        return directory / "dmc-visual_results.txt"
     if env.startswith("Dmc-"):
-        return RESULTS_DIR / "dmc_results.txt"
+        return directory / "dmc_results.txt"
     if env.startswith("Atari-"):
-        return RESULTS_DIR / "atari_results.txt"
-    return RESULTS_DIR / "gym_results.txt"
+        return directory / "atari_results.txt"
+    return directory / "gym_results.txt"
 
 
 def our_curve(logdir: str, tag: str = "eval/return") -> dict[int, float]:
@@ -63,9 +61,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--logdir", required=True)
     p.add_argument("--env", required=True, help="official name, e.g. Dmc-cartpole-balance, Gym-HalfCheetah-v4")
-    p.add_argument("--results", type=Path, default=None)
+    p.add_argument("--official_dir", type=Path, help="the official repository's results/ folder")
+    p.add_argument("--results", type=Path, default=None, help="one official results file (instead of --official_dir)")
     args = p.parse_args()
-    official = official_curves(args.results or results_file_for(args.env), args.env)
+    if args.results is None and args.official_dir is None:
+        p.error("pass --official_dir DIR (the results/ folder of github.com/facebookresearch/MRQ) or --results FILE")
+    official = official_curves(args.results or results_file_for(args.env, args.official_dir), args.env)
     ours = our_curve(args.logdir)
     print(f"{'env step':>9} {'ours':>9} {'official mean':>14} {'min':>9} {'max':>9}  inside")
     for step in sorted(set(ours) & set(official)):

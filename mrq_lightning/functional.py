@@ -1,9 +1,9 @@
 """Pure tensor functions for MR.Q's math.
 
 Every function here is stateless and framework-free (no Lightning, no TorchRL): the two-hot reward
-representation (spec §4), the multi-step return (spec §6, quirk Q3), LAP priorities (spec §8), the
-target-action realign step (spec §6), the DrQ random shift (spec §12) and the masked means of the
-encoder loss (spec §5).
+representation (algorithm §4), the multi-step return (algorithm §6, quirk Q3), LAP priorities (algorithm §8), the
+target-action realign step (algorithm §6), the DrQ random shift (algorithm §12) and the masked means of the
+encoder loss (algorithm §5).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def two_hot_bins(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Reward bin locations b_k = symexp(lower + (upper - lower) * k / (num_bins - 1)) (spec §4).
+    """Reward bin locations b_k = symexp(lower + (upper - lower) * k / (num_bins - 1)) (algorithm §4).
 
     With the defaults the bins are symmetric, ``b[32] == 0`` exactly and ``b[0] = -b[64] ≈ -22025.47``.
     """
@@ -83,7 +83,7 @@ def _two_hot(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
 
 
 def two_hot_cross_entropy(logits: torch.Tensor, target: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-    """Per-sample cross-entropy between reward logits ``[..., num_bins]`` and two-hot(target) (spec §4).
+    """Per-sample cross-entropy between reward logits ``[..., num_bins]`` and two-hot(target) (algorithm §4).
 
     Always evaluated in float32, whatever autocast is active: the outer bins reach ±22,025.
 
@@ -98,7 +98,7 @@ def two_hot_cross_entropy(logits: torch.Tensor, target: torch.Tensor, bins: torc
 
 
 def two_hot_decode(logits: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-    """Expected value sum_k softmax(logits)_k * b_k, shape ``[..., 1]``. Not used in training (spec §4)."""
+    """Expected value sum_k softmax(logits)_k * b_k, shape ``[..., 1]``. Not used in training (algorithm §4)."""
     return (F.softmax(logits.float(), dim=-1) * bins.float()).sum(-1, keepdim=True)
 
 
@@ -108,7 +108,7 @@ def multi_step_return(
     gamma: float,
     official_quirks: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """H-step discounted reward sum and bootstrap mask from ``[B, H]`` rewards and not-done flags (spec §6).
+    """H-step discounted reward sum and bootstrap mask from ``[B, H]`` rewards and not-done flags (algorithm §6).
 
     Correct (default, paper Eq. 19): ``R = sum_t gamma^t r_t prod_{k<t} n_k``; the terminal transition's reward
     counts and nothing after it does. With ``official_quirks`` (quirk Q3) each reward is masked by its *own*
@@ -132,7 +132,7 @@ def multi_step_return(
 def lap_priority(
     q: torch.Tensor, target: torch.Tensor, alpha: float = 0.4, min_priority: float = 1.0
 ) -> torch.Tensor:
-    """LAP priority ``max(max_i |Q_i - y|, min_priority) ** alpha`` per sample (spec §8).
+    """LAP priority ``max(max_i |Q_i - y|, min_priority) ** alpha`` per sample (algorithm §8).
 
     Args:
         q: ``[B, n_critics]`` critic predictions (before the optimizer step).
@@ -146,7 +146,7 @@ def lap_priority(
 
 
 def realign_action(action: torch.Tensor, discrete: bool) -> torch.Tensor:
-    """Map a noisy target action back onto the action set (spec §6 step 4).
+    """Map a noisy target action back onto the action set (algorithm §6 step 4).
 
     Continuous: clip to [-1, 1]. Discrete: one-hot of the argmax.
     """
@@ -158,7 +158,7 @@ def realign_action(action: torch.Tensor, discrete: bool) -> torch.Tensor:
 def random_shift(
     images: torch.Tensor, pad: int = 4, offsets: torch.Tensor | None = None, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """DrQ random shift: replicate-pad by ``pad`` then take an integer ``H x W`` crop (spec §12).
+    """DrQ random shift: replicate-pad by ``pad`` then take an integer ``H x W`` crop (algorithm §12).
 
     Works on any dtype (uint8 frames included) because an integer crop of an edge-replicated image only copies
     pixels; this equals the official bilinear ``grid_sample`` at integer offsets. All channels (stacked frames)
@@ -183,5 +183,5 @@ def random_shift(
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values * mask`` over *all* entries: masked entries count in the denominator (spec §5)."""
+    """Mean of ``values * mask`` over *all* entries: masked entries count in the denominator (algorithm §5)."""
     return (values * mask).mean()

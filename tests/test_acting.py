@@ -1,4 +1,4 @@
-"""Acting and evaluation rules (spec §10, §14, §16 Q2 and Q10) on the real networks and the real datamodule.
+"""Acting and evaluation rules (algorithm §10, §14, §16 Q2 and Q10) on the real networks and the real datamodule.
 
 The policy's output layer is set to zero weights and a chosen bias, so its logits u are known for every state; the
 action frequencies of each rule are then compared with the rule written out independently here.
@@ -40,7 +40,7 @@ def _frequencies(actor: MRQActor, exploration: ExplorationType | None) -> torch.
 
 
 def _reference_exploration(logits: torch.Tensor, tau: float, sigma: float) -> torch.Tensor:
-    """Spec §10, discrete: argmax(softmax((u + Gumbel) / tau) + N(0, sigma^2)), simulated from scratch."""
+    """Algorithm §10, discrete: argmax(softmax((u + Gumbel) / tau) + N(0, sigma^2)), simulated from scratch."""
     generator = torch.Generator().manual_seed(123)
     gumbel = -torch.log(-torch.log(torch.rand(4 * SAMPLES, 4, generator=generator)))
     scores = torch.softmax((logits + gumbel) / tau, -1) + sigma * torch.randn(4 * SAMPLES, 4, generator=generator)
@@ -102,7 +102,7 @@ def _fit_cartpole(official_quirks: bool, total_steps: int = 10, random_steps: in
 def test_random_phase_actions_one_hot_by_default_and_index_broadcast_with_the_quirk():
     fixed = _fit_cartpole(official_quirks=False)
     assert torch.equal(fixed.sum(-1), torch.ones(10)) and set(fixed.unique().tolist()) <= {0.0, 1.0}
-    # Spec §16 Q2 reproduced: the 6 random-phase actions are stored as the index in every dimension ([k, k]);
+    # Algorithm §16 Q2 reproduced: the 6 random-phase actions are stored as the index in every dimension ([k, k]);
     # the policy's actions after them are one-hot.
     official = _fit_cartpole(official_quirks=True)
     random_phase, policy_phase = official[:6], official[6:]

@@ -1,4 +1,4 @@
-"""Atari preset on a real ROM (Pong), checked frame by frame against spec §13.4."""
+"""Atari preset on a real ROM (Pong), checked frame by frame against algorithm §13.4."""
 
 from __future__ import annotations
 

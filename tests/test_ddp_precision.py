@@ -1,5 +1,5 @@
 """Distributed data parallel (2 CPU processes, gloo) and bf16-mixed smoke fits through the real CLI and the config
-overlays (issue 5); 16-mixed is refused with a clear message."""
+overlays; 16-mixed is refused with a clear message."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Env presets on real simulators: names, EnvInfo, Gym, DMC proprio and DMC visual (spec §13.1-13.3)."""
+"""Env presets on real simulators: names, EnvInfo, Gym, DMC proprio and DMC visual (algorithm §13.1-13.3)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Tests for ``mrq_lightning.functional`` (spec §4, §5, §6, §8, §12, §16 Q3/Q8, §18 items 2 and 7).
+"""Tests for ``mrq_lightning.functional`` (algorithm §4, §5, §6, §8, §12, §16 Q3/Q8, §18 items 2 and 7).
 
-Every expected value below is derived from the spec's formulas by hand (or with an independent reference
+Every expected value below is derived from the algorithm's formulas by hand (or with an independent reference
 computation written here), never pasted from the code's output.
 """
 
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from mrq_lightning import functional as MF
 
 # ----------------------------------------------------------------------------------------------------------------
-# Reward bins (spec §4)
+# Reward bins (algorithm §4)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -62,7 +62,7 @@ def test_bins_float64_match_reference():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Two-hot encoding (spec §4, §16 Q8, §18 item 2)
+# Two-hot encoding (algorithm §4, §16 Q8, §18 item 2)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -165,7 +165,7 @@ def test_two_hot_trailing_singleton_shape(bins):
 
 @pytest.mark.parametrize("r,edge", [(1e6, 64), (22026.0, 64), (1e30, 64), (-1e6, 0), (-22026.0, 0), (-1e30, 0)])
 def test_two_hot_out_of_range_clamps_to_edge_bin(bins, r, edge):
-    # Spec §4 / §16 Q8: clamp r to [b_0, b_64] first -> all the mass on the edge bin; no index error, no NaN.
+    # Algorithm §4 / §16 Q8: clamp r to [b_0, b_64] first -> all the mass on the edge bin; no index error, no NaN.
     t = MF.two_hot(torch.tensor([[r]]), bins)
     assert torch.isfinite(t).all()
     expected = torch.zeros(1, 65)
@@ -198,7 +198,7 @@ def test_cross_entropy_on_bin_equals_neg_log_softmax(bins):
 
 @pytest.mark.parametrize("horizon", [3, 1])
 def test_cross_entropy_shape_follows_logits(bins, horizon):
-    # Documented contract: result shape is logits.shape[:-1] + (1,), one CE per (sample, step) -- spec §4 "per
+    # Documented contract: result shape is logits.shape[:-1] + (1,), one CE per (sample, step) -- algorithm §4 "per
     # sample". A [B, H] reward target with H == 1 must not be confused with a trailing singleton of a [B] target.
     g = torch.Generator().manual_seed(5)
     logits = torch.randn(4, horizon, 65, generator=g)
@@ -256,7 +256,7 @@ def test_two_hot_decode_expected_value(bins):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Multi-step return (spec §6, §16 Q3)
+# Multi-step return (algorithm §6, §16 Q3)
 # ----------------------------------------------------------------------------------------------------------------
 
 G = 0.9
@@ -321,7 +321,7 @@ def test_multi_step_return_bootstrap_is_product_of_flags():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# LAP priorities (spec §6, §8)
+# LAP priorities (algorithm §6, §8)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -359,7 +359,7 @@ def test_lap_priority_always_at_least_one():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Realign (spec §6 step 4)
+# Realign (algorithm §6 step 4)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -378,7 +378,7 @@ def test_realign_discrete_one_hot_argmax():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Random shift (spec §12, §18 item 7)
+# Random shift (algorithm §12, §18 item 7)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -485,7 +485,7 @@ def test_random_shift_independent_per_image():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Masked mean (spec §5)
+# Masked mean (algorithm §5)
 # ----------------------------------------------------------------------------------------------------------------
 
 

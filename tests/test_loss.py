@@ -1,7 +1,7 @@
-"""Tests for ``mrq_lightning.objectives.mrq_loss.MRQLoss`` (spec §5, §6, §7, §9, §16 Q3).
+"""Tests for ``mrq_lightning.objectives.mrq_loss.MRQLoss`` (algorithm §5, §6, §7, §9, §16 Q3).
 
-Small networks throughout (the spec's sizes are checked in test_networks.py). Expected values are computed by
-hand or by a reference implementation of the spec's formulas written here.
+Small networks throughout (the algorithm's sizes are checked in test_networks.py). Expected values are computed by
+hand or by a reference implementation of the algorithm's formulas written here.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def _ref_bins() -> torch.Tensor:
 
 
 def _ref_two_hot(r: torch.Tensor) -> torch.Tensor:
-    """Independent two-hot reference (spec §4) for a 1-D tensor of in-range rewards."""
+    """Independent two-hot reference (algorithm §4) for a 1-D tensor of in-range rewards."""
     b = _ref_bins()
     out = torch.zeros(r.numel(), 65, dtype=torch.float64)
     for i, x in enumerate(r.double().tolist()):
@@ -104,7 +104,7 @@ def _ref_ce(logits: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 
 
 def reference_encoder_loss(loss: MRQLoss, td: TensorDict, env_terminates: bool = True, unmasked_denominator=False):
-    """Spec §5 written out step by step, with masked means over the full B (or B x zs)."""
+    """Algorithm §5 written out step by step, with masked means over the full B (or B x zs)."""
     enc, tgt = loss.encoder, loss.target_encoder
     obs, act = td["observation"], td["action"]
     rew, term, nobs = td["next", "reward"], td["next", "terminated"], td["next", "observation"]
@@ -126,7 +126,7 @@ def reference_encoder_loss(loss: MRQLoss, td: TensorDict, env_terminates: bool =
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Gradient isolation (spec §1 table, §5-§7)
+# Gradient isolation (algorithm §1 table, §5-§7)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -184,7 +184,7 @@ def test_actor_gradient_flows_through_g_and_q_into_action(discrete):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Targets and reward scales (spec §3.9, §9)
+# Targets and reward scales (algorithm §3.9, §9)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -245,7 +245,7 @@ def test_reward_scale_initial_values_and_sync():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Encoder loss (spec §5)
+# Encoder loss (algorithm §5)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -332,7 +332,7 @@ def test_encoder_loss_terminal_term_weight_and_env_terminates_flag():
 
 @pytest.mark.parametrize("horizon", [2, 1])
 def test_encoder_loss_other_horizons_match_reference(horizon):
-    # The loss unrolls over the batch's horizon; the spec's formula holds for any H (H_enc = 5 by default).
+    # The loss unrolls over the batch's horizon; the algorithm's formula holds for any H (H_enc = 5 by default).
     loss = make_loss()
     _perturb_weights(loss)
     td = make_batch(batch=4, horizon=horizon, seed=14)
@@ -350,7 +350,7 @@ def test_encoder_loss_pixels_runs_and_matches_reference_shapes():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Value loss (spec §6, §8, §16 Q3)
+# Value loss (algorithm §6, §8, §16 Q3)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -488,7 +488,7 @@ def test_target_policy_noise_halved_for_discrete():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Actor loss (spec §7)
+# Actor loss (algorithm §7)
 # ----------------------------------------------------------------------------------------------------------------
 
 

@@ -1,6 +1,6 @@
-"""Tests for ``mrq_lightning.modules.networks`` (spec §3, §18 item 1).
+"""Tests for ``mrq_lightning.modules.networks`` (algorithm §3, §18 item 1).
 
-Parameter-count tests build the full-size networks; behaviour tests use small dims where the spec's sizes are
+Parameter-count tests build the full-size networks; behaviour tests use small dims where the algorithm's sizes are
 not what is being checked.
 """
 
@@ -21,7 +21,7 @@ def _count(*modules: nn.Module) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Parameter counts (spec §3.10)
+# Parameter counts (algorithm §3.10)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -79,7 +79,7 @@ def test_conv_flat_dim_at_84():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Conventions: non-affine LayerNorm, Xavier-uniform gain sqrt(2), zero bias (spec §3.1)
+# Conventions: non-affine LayerNorm, Xavier-uniform gain sqrt(2), zero bias (algorithm §3.1)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -142,7 +142,7 @@ def test_xavier_uniform_gain_sqrt2_and_zero_bias(full_size_sets):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Encoder behaviour (spec §3.2-§3.6)
+# Encoder behaviour (algorithm §3.2-§3.6)
 # ----------------------------------------------------------------------------------------------------------------
 
 SMALL = dict(zs_dim=32, za_dim=16, zsa_dim=32, hidden_dim=32)
@@ -302,7 +302,7 @@ def test_pixel_encoder_extra_batch_dims():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Critic (spec §3.7)
+# Critic (algorithm §3.7)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -324,7 +324,7 @@ def test_twin_critic_shape_and_independence():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Policy (spec §3.8)
+# Policy (algorithm §3.8)
 # ----------------------------------------------------------------------------------------------------------------
 
 

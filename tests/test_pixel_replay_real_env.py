@@ -1,4 +1,4 @@
-"""Real pixel environments into the real replay buffer (spec §11, §18 item 4).
+"""Real pixel environments into the real replay buffer (algorithm §11, §18 item 4).
 
 Every state rebuilt from the buffer's single stored frames must equal the environment's own stacked observation,
 at every step of an episode and across episode starts (where the first frame is repeated); the successor of each

@@ -1,4 +1,4 @@
-"""Tests for MRQReplayBuffer (spec §8, §11, §12, §16 Q4-Q6, §18 items 3, 4, 6)."""
+"""Tests for MRQReplayBuffer (algorithm §8, §11, §12, §16 Q4-Q6, §18 items 3, 4, 6)."""
 
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def vector_buffer(**kwargs) -> MRQReplayBuffer:
 
 
 def toy_stream(rb: MRQReplayBuffer) -> None:
-    """Spec §18.3: episode A (8 steps, terminated) -> slots 0-7, final obs 8; B (12, truncated) -> 9-20, 21."""
+    """Algorithm §18 item 3: episode A (8 steps, terminated) -> slots 0-7, final obs 8; B (12, truncated) -> 9-20, 21."""
     rb.extend(vector_episode(0, 8, "terminated"))
     rb.extend(vector_episode(1, 12, "truncated"))
 

@@ -1,4 +1,4 @@
-"""Checkpoint / resume through the real CLI (issue 5): exact continuation, TensorBoard continuity, crash safety
+"""Checkpoint / resume through the real CLI: exact continuation, TensorBoard continuity, crash safety
 (SIGKILL at a random time and in the middle of a checkpoint write) and clear errors for unusable checkpoints.
 
 Runs use configs/dmc.yaml + configs/smoke.yaml on Dmc-cartpole-balance (tiny networks, 100 random steps, encoder

@@ -1,4 +1,4 @@
-"""The MR.Q update schedule (spec §9, §18 item 5) through a real Lightning fit on a real environment.
+"""The MR.Q update schedule (algorithm §9, §18 item 5) through a real Lightning fit on a real environment.
 
 With target period T: no update during the random phase; RL update n with (n - 1) mod T == 0 is preceded by a target
 sync, a reward-scale refresh and exactly T encoder updates; targets and reward scales change only then; one value

@@ -57,7 +57,7 @@ def test_every_shipped_config_instantiates(config):
 
     cli = build_cli(["--config", config, "--trainer.logger", "false"], run=False)
     assert isinstance(cli.model, MRQ) and isinstance(cli.datamodule, MRQDataModule)
-    # Paper defaults (spec §2.1) unless the preset says otherwise.
+    # Paper defaults (algorithm §2.1) unless the preset says otherwise.
     hp = cli.model.hparams
     assert (hp.batch_size, hp.target_update_period, hp.encoder_horizon, hp.value_horizon) == (256, 250, 5, 3)
     assert (hp.encoder_lr, hp.value_lr, hp.policy_lr, hp.weight_decay) == (1e-4, 3e-4, 3e-4, 1e-4)

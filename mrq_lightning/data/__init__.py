@@ -1,4 +1,4 @@
-"""Replay storage for MR.Q (spec §8, §11): :class:`MRQReplayBuffer` and its TorchRL components."""
+"""Replay storage for MR.Q (algorithm §8, §11): :class:`MRQReplayBuffer` and its TorchRL components."""
 
 from mrq_lightning.data.buffer import MRQReplayBuffer
 from mrq_lightning.data.persistence import ReplayBufferCheckpointError

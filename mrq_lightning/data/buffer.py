@@ -1,11 +1,11 @@
-"""MR.Q's replay buffer as a TorchRL :class:`~torchrl.data.TensorDictReplayBuffer` (spec §8, §11, §12).
+"""MR.Q's replay buffer as a TorchRL :class:`~torchrl.data.TensorDictReplayBuffer` (algorithm §8, §11, §12).
 
 The buffer is assembled from three TorchRL components, each owning one concern:
 
 * :class:`MRQStorage` (a TorchRL ``Storage``, ``storage.py``): the slot tensors and the fill level;
-* :class:`MRQWriter` (a TorchRL ``Writer``, ``writer.py``): the §11 write rules (cursor, frame-history indices,
+* :class:`MRQWriter` (a TorchRL ``Writer``, ``writer.py``): the algorithm §11 write rules (cursor, frame-history indices,
   final-observation slots, valid-start mask, ``env_terminates``);
-* :class:`LAPSampler` (a TorchRL ``Sampler``, ``sampler.py``): LAP priorities (spec §8) and inverse-CDF sampling of
+* :class:`LAPSampler` (a TorchRL ``Sampler``, ``sampler.py``): LAP priorities (algorithm §8) and inverse-CDF sampling of
   start slots with probability proportional to ``priority * valid``.
 
 :class:`MRQReplayBuffer` glues them and turns sampled start slots into the windowed batch of the replay batch
@@ -21,10 +21,11 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import TensorDictReplayBuffer
 
-from mrq_lightning.data.persistence import _CHECKPOINT_FORMAT, read_buffer_dir, write_buffer_dir
+from mrq_lightning.data.persistence import CHECKPOINT_FORMAT, read_buffer_dir, write_buffer_dir
 from mrq_lightning.data.sampler import LAPSampler
 from mrq_lightning.data.storage import MRQStorage
-from mrq_lightning.data.writer import MRQWriter, canonical_transitions, newest_frames
+from mrq_lightning.data.transitions import TransitionLayout
+from mrq_lightning.data.writer import MRQWriter
 from mrq_lightning.functional import random_shift
 from mrq_lightning.hyperparameters import LOSS, REPLAY, UPDATE, replay_settings
 
@@ -38,7 +39,7 @@ def _identity(x: Any) -> Any:
 
 
 class MRQReplayBuffer(TensorDictReplayBuffer):
-    """MR.Q replay buffer: one frame per slot, LAP priorities, MR.Q's valid-start windows (spec §8, §11, §12).
+    """MR.Q replay buffer: one frame per slot, LAP priorities, MR.Q's valid-start windows (algorithm §8, §11, §12).
 
     Write with :meth:`extend` (collector output of one env, batch ``[T]`` or ``[1]``) or :meth:`add` (batch
     ``[]``); sample windows with :meth:`sample`; feed LAP priorities back with :meth:`update_priority` or
@@ -105,6 +106,8 @@ class MRQReplayBuffer(TensorDictReplayBuffer):
         self.official_quirks = bool(official_quirks)
         self.device = torch.device(device)
         self.frame_shape = (obs_shape[0] // history, *obs_shape[1:])
+        self.layout = TransitionLayout(obs_shape, self.frame_shape, self.action_dim, self.pixels, self.device,
+                                       type(self).__name__)  # fmt: skip
         storage = MRQStorage(
             self.capacity,
             frame_shape=self.frame_shape,
@@ -139,7 +142,7 @@ class MRQReplayBuffer(TensorDictReplayBuffer):
             "min_priority": self.min_priority,
         }
 
-    def _config_mismatch(self, other: Any) -> str | None:
+    def config_mismatch(self, other: Any) -> str | None:
         if not isinstance(other, dict):
             return "no buffer config recorded"
         mine = self.config()
@@ -149,7 +152,7 @@ class MRQReplayBuffer(TensorDictReplayBuffer):
     # -- statistics ----------------------------------------------------------------------------------------------
     @property
     def env_terminates(self) -> bool:
-        """True once any *terminated* transition has been stored (spec §5); never reset by overwrites."""
+        """True once any *terminated* transition has been stored (algorithm §5); never reset by overwrites."""
         return self._writer.env_terminates
 
     @property
@@ -173,11 +176,11 @@ class MRQReplayBuffer(TensorDictReplayBuffer):
         return self._storage.valid[: len(self._storage)]
 
     def reward_scale(self) -> torch.Tensor:
-        """Mean |reward| (spec §9), as a 0-d float32 tensor on the buffer device, floored at 1e-8.
+        """Mean |reward| (algorithm §9), as a 0-d float32 tensor on the buffer device, floored at 1e-8.
 
         Fixed (default, Q5): over transition slots only. ``official_quirks``: over all filled slots, including
         final-observation slots with whatever reward sits there (0, or stale after wrap-around). An empty buffer
-        returns 1.0, the initial r̄ of spec §9.
+        returns 1.0, the initial r̄ of algorithm §9.
         """
         size = len(self._storage)
         if size == 0:
@@ -195,7 +198,7 @@ class MRQReplayBuffer(TensorDictReplayBuffer):
         return self._storage.nbytes() + self._sampler.priority.nbytes
 
     def extend(self, tensordicts: TensorDictBase, *, update_priority: bool | None = None) -> torch.Tensor:
-        """Store the transitions of one environment in time order (spec §11).
+        """Store the transitions of one environment in time order (algorithm §11).
 
         Accepts batch ``[T]``, ``[1, T]`` or ``[]``. Keys: ``"observation"``, ``"action"`` (float, one-hot or
         discrete indices), ``("next", "reward")``, ``("next", "terminated")``, ``("next", "truncated")`` (or
@@ -205,8 +208,8 @@ class MRQReplayBuffer(TensorDictReplayBuffer):
         Returns:
             The slots of the T transitions (int64), whose priority is the running max priority.
         """
-        del update_priority  # priorities of new transitions are always the running max (spec §8)
-        data = canonical_transitions(self, tensordicts)
+        del update_priority  # priorities of new transitions are always the running max (algorithm §8)
+        data = self.layout.canonicalize(tensordicts)
         with self._replay_lock, self._write_lock:
             index = self._writer.extend(data)
             self._sampler.extend(index)
@@ -226,7 +229,7 @@ class MRQReplayBuffer(TensorDictReplayBuffer):
         no transition is added. Returns False and stores nothing when no episode is open.
         """
         obs = torch.as_tensor(final_observation).to(self.device)
-        frame = newest_frames(self, obs.unsqueeze(0), "final_observation")[0]
+        frame = self.layout.newest_frames(obs.unsqueeze(0), "final_observation")[0]
         with self._replay_lock, self._write_lock:
             return self._writer.end_episode(frame)
 
@@ -266,7 +269,7 @@ class MRQReplayBuffer(TensorDictReplayBuffer):
     def sample(
         self, batch_size: int | None = None, horizon: int = UPDATE.value_horizon, include_intermediate: bool = False
     ) -> TensorDict:
-        """Draw LAP-prioritized windows (spec §5, §6, §8) as in the replay batch contract.
+        """Draw LAP-prioritized windows (algorithm §5, §6, §8) as in the replay batch contract.
 
         Args:
             batch_size: B (defaults to the constructor's ``batch_size``).
@@ -346,7 +349,7 @@ class MRQReplayBuffer(TensorDictReplayBuffer):
         """
         size = len(self._storage)
         return {
-            "format": _CHECKPOINT_FORMAT,
+            "format": CHECKPOINT_FORMAT,
             "config": self.config(),
             "storage": self._storage.state_dict(),
             "sampler": self._sampler.state_dict(size),
@@ -359,9 +362,9 @@ class MRQReplayBuffer(TensorDictReplayBuffer):
         Raises:
             ValueError: on a config mismatch (capacity, obs shape, ...) or malformed content.
         """
-        if not isinstance(state_dict, dict) or state_dict.get("format") != _CHECKPOINT_FORMAT:
-            raise ValueError(f"not an MRQReplayBuffer state (expected format {_CHECKPOINT_FORMAT!r})")
-        mismatch = self._config_mismatch(state_dict.get("config"))
+        if not isinstance(state_dict, dict) or state_dict.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"not an MRQReplayBuffer state (expected format {CHECKPOINT_FORMAT!r})")
+        mismatch = self.config_mismatch(state_dict.get("config"))
         if mismatch:
             raise ValueError(f"replay buffer config mismatch: {mismatch}")
         for key in ("storage", "sampler", "writer"):

@@ -1,9 +1,9 @@
-"""Replay-buffer persistence (spec §12): the on-disk checkpoint format of :class:`MRQReplayBuffer`.
+"""Replay-buffer persistence: the on-disk checkpoint format of :class:`~mrq_lightning.data.MRQReplayBuffer`.
 
 A checkpoint is a directory holding ``meta.json`` (format and config, readable without torch) and ``state.pt``
 (the buffer's ``state_dict``), written atomically. :meth:`MRQReplayBuffer.dumps` / :meth:`MRQReplayBuffer.loads`
 delegate here. Nothing from the buffer module is imported: the buffer is used through ``state_dict``,
-``load_state_dict``, ``_config_mismatch`` and ``device``.
+``load_state_dict``, ``config_mismatch`` and ``device``.
 """
 
 from __future__ import annotations
@@ -14,19 +14,14 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import torch
 
 from mrq_lightning.atomic_io import fsync_directory
 from mrq_lightning.errors import CheckpointError
 
-if TYPE_CHECKING:
-    from mrq_lightning.data.buffer import MRQReplayBuffer
+__all__ = ["CHECKPOINT_FORMAT", "ReplayBufferCheckpointError", "read_buffer_dir", "write_buffer_dir"]
 
-__all__ = ["ReplayBufferCheckpointError", "write_buffer_dir", "read_buffer_dir"]
-
-_CHECKPOINT_FORMAT = "mrq_lightning.replay/1"
+CHECKPOINT_FORMAT = "mrq_lightning.replay/1"
 _META_FILE = "meta.json"
 _STATE_FILE = "state.pt"
 
@@ -35,7 +30,7 @@ class ReplayBufferCheckpointError(CheckpointError):
     """A replay-buffer checkpoint directory is corrupt or does not match the buffer it is loaded into."""
 
 
-def write_buffer_dir(buffer: MRQReplayBuffer, path: str | os.PathLike) -> None:
+def write_buffer_dir(buffer, path: str | os.PathLike) -> None:
     """Write ``buffer`` to directory ``path`` atomically (see :meth:`MRQReplayBuffer.dumps`)."""
     path = Path(path).absolute()
     if path.exists():
@@ -55,7 +50,7 @@ def write_buffer_dir(buffer: MRQReplayBuffer, path: str | os.PathLike) -> None:
             torch.save(state, handle)
             handle.flush()
             os.fsync(handle.fileno())
-        meta = {"format": _CHECKPOINT_FORMAT, "config": state["config"], "size": state["storage"]["size"]}
+        meta = {"format": CHECKPOINT_FORMAT, "config": state["config"], "size": state["storage"]["size"]}
         with open(tmp / _META_FILE, "w") as handle:
             json.dump(meta, handle, indent=1)
             handle.flush()
@@ -77,7 +72,7 @@ def write_buffer_dir(buffer: MRQReplayBuffer, path: str | os.PathLike) -> None:
     fsync_directory(path.parent)
 
 
-def read_buffer_dir(buffer: MRQReplayBuffer, path: str | os.PathLike) -> None:
+def read_buffer_dir(buffer, path: str | os.PathLike) -> None:
     """Load a directory written by :func:`write_buffer_dir` into ``buffer`` (see :meth:`MRQReplayBuffer.loads`)."""
     path = Path(path).absolute()
     if not path.exists():
@@ -92,11 +87,11 @@ def read_buffer_dir(buffer: MRQReplayBuffer, path: str | os.PathLike) -> None:
             f"replay buffer checkpoint {path} is corrupt or incomplete: cannot read {_META_FILE} ({err})"
         ) from err
     found = meta.get("format") if isinstance(meta, dict) else meta
-    if found != _CHECKPOINT_FORMAT:
+    if found != CHECKPOINT_FORMAT:
         raise ReplayBufferCheckpointError(
-            f"replay buffer checkpoint {path}: unknown format {found!r} (expected {_CHECKPOINT_FORMAT!r})"
+            f"replay buffer checkpoint {path}: unknown format {found!r} (expected {CHECKPOINT_FORMAT!r})"
         )
-    mismatch = buffer._config_mismatch(meta.get("config"))
+    mismatch = buffer.config_mismatch(meta.get("config"))
     if mismatch:
         raise ReplayBufferCheckpointError(f"replay buffer checkpoint {path} does not match this buffer: {mismatch}")
     try:

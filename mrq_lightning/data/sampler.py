@@ -1,4 +1,4 @@
-"""LAP sampler (spec §8): :class:`LAPSampler`, LAP priorities and prioritized sampling of start slots.
+"""LAP sampler (algorithm §8): :class:`LAPSampler`, LAP priorities and prioritized sampling of start slots.
 
 Inverse-CDF sampling of start slots with probability proportional to ``priority * valid``. TorchRL's own
 ``PrioritizedSampler`` is not used: it needs a C++ extension and does not know MR.Q's window rules.
@@ -7,22 +7,19 @@ Inverse-CDF sampling of start slots with probability proportional to ``priority 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torchrl.data.replay_buffers.samplers import Sampler
 from torchrl.data.replay_buffers.storages import Storage
 
-from mrq_lightning.data.storage import _prefix
-
-if TYPE_CHECKING:
-    from mrq_lightning.data.storage import MRQStorage
+from mrq_lightning.data.storage import MRQStorage, filled_prefix
 
 __all__ = ["LAPSampler"]
 
 
 class LAPSampler(Sampler):
-    """LAP prioritized sampling of start slots (spec §8) over an :class:`MRQStorage`.
+    """LAP prioritized sampling of start slots (algorithm §8) over an :class:`MRQStorage`.
 
     ``P(j) ∝ priority[j] * valid[j]`` over ``[0, size)``, with replacement, by inverse CDF (``torch.cumsum`` in
     float64 + ``torch.searchsorted``) on the storage device. Random numbers come from ``torch.rand`` with the
@@ -117,7 +114,7 @@ class LAPSampler(Sampler):
 
     def state_dict(self, size: int | None = None) -> dict[str, Any]:
         size = self.priority.numel() if size is None else size
-        return {"priority": _prefix(self.priority, size), "max_priority": self.max_priority.clone()}
+        return {"priority": filled_prefix(self.priority, size), "max_priority": self.max_priority.clone()}
 
     def check_state_dict(self, state_dict: dict[str, Any], size: int) -> None:
         priority = state_dict.get("priority")

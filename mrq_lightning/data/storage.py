@@ -1,6 +1,6 @@
-"""Replay storage (spec §11): :class:`MRQStorage`, the slot tensors of the ring and its fill level.
+"""Replay storage (algorithm §11): :class:`MRQStorage`, the slot tensors of the ring and its fill level.
 
-Layout (spec §11): a flat ring of ``capacity`` slots. Each slot holds exactly **one frame** (the newest frame of
+Layout (algorithm §11): a flat ring of ``capacity`` slots. Each slot holds exactly **one frame** (the newest frame of
 the state written there), the action, the reward, ``not_done = 1 - terminated``, an "is transition" flag, a
 valid-start bit and two small ``int32`` tables with the slot indices of the ``history`` frames that make up the
 state at that slot and the state after it. Full states are rebuilt by gathering frames; stacked frames are never
@@ -15,16 +15,16 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data.replay_buffers.storages import Storage
 
-__all__ = ["MRQStorage"]
+__all__ = ["MRQStorage", "filled_prefix"]
 
 
-def _prefix(tensor: torch.Tensor, size: int) -> torch.Tensor:
+def filled_prefix(tensor: torch.Tensor, size: int) -> torch.Tensor:
     """``tensor[:size]`` that serialises compactly: a clone when partial (a view would save the whole storage)."""
     return tensor if size == tensor.shape[0] else tensor[:size].clone()
 
 
 class MRQStorage(Storage):
-    """Flat ring of ``capacity`` slots with one frame per slot (spec §11).
+    """Flat ring of ``capacity`` slots with one frame per slot (algorithm §11).
 
     Tensors (all allocated on ``device`` at construction):
 
@@ -98,7 +98,7 @@ class MRQStorage(Storage):
     def set(self, cursor: int | torch.Tensor, data: TensorDictBase | dict, *, set_cursor: bool = True) -> None:
         """Low-level write of raw per-slot fields (any subset of :attr:`tensor_names`) at ``cursor``.
 
-        Does not apply the §11 rules and does not change the fill level; use the buffer's ``extend`` for that.
+        Does not apply the algorithm §11 rules and does not change the fill level; use the buffer's ``extend`` for that.
         """
         index = torch.as_tensor(cursor, device=self.device, dtype=torch.long)
         for name, value in data.items():
@@ -127,7 +127,7 @@ class MRQStorage(Storage):
         """Fill level and every tensor's filled prefix ``[0, size)`` (may alias live storage when full)."""
         return {
             "size": self._size,
-            "tensors": {name: _prefix(getattr(self, name), self._size) for name in self.tensor_names},
+            "tensors": {name: filled_prefix(getattr(self, name), self._size) for name in self.tensor_names},
         }
 
     def check_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -1,31 +1,26 @@
-"""Replay writer (spec §11): :class:`MRQWriter`, the slot write rules of the ring.
+"""Replay writer (algorithm §11): :class:`MRQWriter`, the slot write rules of the ring.
 
 Cursor, frame-history indices, final-observation slots, valid-start mask and ``env_terminates``; the slots live in
-:class:`~mrq_lightning.data.storage.MRQStorage`. Also the write path's input side: :func:`canonical_transitions`
-turns a collector/env TensorDict into the per-transition fields ``MRQWriter.extend`` takes (the buffer passes
-itself for its layout: ``obs_shape``, ``frame_shape``, ``action_dim``, ``pixels``, ``device``).
+:class:`~mrq_lightning.data.storage.MRQStorage`. Its input, the per-transition fields, comes from
+:class:`~mrq_lightning.data.transitions.TransitionLayout`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-import torch.nn.functional as F
-from tensordict import TensorDictBase
 from torchrl.data.replay_buffers.writers import Writer
 
-if TYPE_CHECKING:
-    from mrq_lightning.data.buffer import MRQReplayBuffer
-    from mrq_lightning.data.storage import MRQStorage
+from mrq_lightning.data.storage import MRQStorage
 
-__all__ = ["MRQWriter", "canonical_transitions", "newest_frames"]
+__all__ = ["MRQWriter"]
 
 
 class MRQWriter(Writer):
-    """Applies the spec §11 write rules to an :class:`MRQStorage`.
+    """Applies the algorithm §11 write rules to an :class:`MRQStorage`.
 
     ``extend`` takes a mapping of tensors with leading dim T (T transitions of one environment, in time order)
     and keys ``"frame"`` (newest frame of s), ``"final_frame"`` (newest frame of s'), ``"action"`` ``[T, A]``
@@ -225,71 +220,3 @@ class MRQWriter(Writer):
             f"{type(self).__name__}(cursor={self._cursor}, episode_length={self._episode_length}, "
             f"env_terminates={self.env_terminates})"
         )
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Collector TensorDicts -> the fields MRQWriter.extend takes
-# ----------------------------------------------------------------------------------------------------------------
-
-_MISSING = object()
-
-
-def newest_frames(buffer: MRQReplayBuffer, states: torch.Tensor, name: Any) -> torch.Tensor:
-    """Validate states ``[N, *obs_shape]`` and return the frame each one adds ``[N, *frame_shape]`` (stored once)."""
-    if tuple(states.shape[1:]) != buffer.obs_shape:
-        raise ValueError(f"{name!r} has per-step shape {tuple(states.shape[1:])}, expected {buffer.obs_shape}")
-    if buffer.pixels and states.dtype != torch.uint8:
-        raise TypeError(f"pixel {name!r} must be uint8, got {states.dtype}")
-    frames = states[:, -buffer.frame_shape[0] :]
-    return frames if buffer.pixels else frames.to(torch.float32)
-
-
-def canonical_transitions(buffer: MRQReplayBuffer, data: TensorDictBase) -> dict[str, torch.Tensor]:
-    """Collector/env TensorDict -> the writer's per-transition fields (leading dim T) on the buffer device."""
-    if not isinstance(data, TensorDictBase):
-        raise TypeError(f"{type(buffer).__name__} stores TensorDicts, got {type(data).__name__}")
-    lead = tuple(data.batch_size)
-    if len(lead) > 1 and not (len(lead) == 2 and lead[0] == 1):
-        raise ValueError(
-            f"expected the transitions of ONE environment with batch [T] (or [1, T], or []), got batch_size {lead}"
-        )
-    num = lead[-1] if lead else 1
-    dev = buffer.device
-
-    def fetch(td: TensorDictBase, key: str, default: Any = _MISSING) -> torch.Tensor | None:
-        value = td.get(key, None)
-        if value is None:
-            if default is _MISSING:
-                raise KeyError(f"transitions need the key {key!r} (under 'next' for s', reward and flags)")
-            return default
-        return value.to(dev).reshape(num, *value.shape[len(lead) :])
-
-    nxt = data.get("next", None)
-    if nxt is None:
-        raise KeyError("transitions need a 'next' sub-TensorDict")
-    frame = newest_frames(buffer, fetch(data, "observation"), "observation")
-    final_frame = newest_frames(buffer, fetch(nxt, "observation"), ("next", "observation"))
-
-    action = fetch(data, "action")
-    if not action.is_floating_point() and (action.ndim == 1 or (action.shape[-1] == 1 and buffer.action_dim > 1)):
-        # Discrete actions given as indices ([T] or [T, 1]): store them one-hot (quirk Q2 fixed).
-        action = F.one_hot(action.reshape(num).long(), buffer.action_dim)
-    action = action.to(torch.float32).reshape(num, -1)
-    if action.shape[1] != buffer.action_dim:
-        raise ValueError(f"'action' has {action.shape[1]} entries per step, expected {buffer.action_dim}")
-
-    terminated = fetch(nxt, "terminated").reshape(num).bool()
-    truncated = fetch(nxt, "truncated", None)
-    if truncated is None:
-        done = fetch(nxt, "done", None)
-        truncated = torch.zeros_like(terminated) if done is None else done.reshape(num).bool() & ~terminated
-    truncated = truncated.reshape(num).bool()
-    reward = fetch(nxt, "reward").reshape(num).to(torch.float32)
-    return {
-        "frame": frame,
-        "final_frame": final_frame,
-        "action": action,
-        "reward": reward,
-        "terminated": terminated,
-        "truncated": truncated,
-    }

@@ -1,4 +1,4 @@
-"""Environment presets (spec §13): ``make_env(name, seed, ...) -> (torchrl EnvBase, EnvInfo)``.
+"""Environment presets (algorithm §13): ``make_env(name, seed, ...) -> (torchrl EnvBase, EnvInfo)``.
 
 Names: ``Gym-<gymnasium id>``, ``Dmc-<domain>-<task>``, ``Dmc-visual-<domain>-<task>``, ``Atari-<Game>-v5``.
 Simulators are imported lazily, only for the suite a name asks for.

@@ -1,4 +1,4 @@
-"""``Atari-<Game>-v5`` preset (spec §2.2, §13.4), as a small gymnasium env of our own.
+"""``Atari-<Game>-v5`` preset (algorithm §2.2, §13.4), as a small gymnasium env of our own.
 
 Inner env: ``gymnasium.make('ALE/<Game>-v5', frameskip=1, obs_type='grayscale',
 repeat_action_probability=0.25)`` (minimal action set, ALE's own 108k-frame limit), ``reset(seed=seed)`` once
@@ -20,11 +20,11 @@ uint8) and it does stop early at terminal/truncated, but it is not exact:
 1. It grabs the screen only at sub-steps 3 and 4 and, on an early stop (terminal or truncation at sub-step
    t < 4), breaks *before* grabbing. The returned observation is then the previous agent step's pooled image
    (its in-place ``np.maximum(buf0, buf1, out=buf0)`` already overwrote slot 0): the terminal frame never
-   appears. The spec's 2-frame queue holds the most recent raw frames, terminal frame included (a terminal
+   appears. The algorithm's 2-frame queue holds the most recent raw frames, terminal frame included (a terminal
    after one sub-step gives max(previous step's last frame, terminal frame)). This is the final observation
    stored for every Atari terminal, so it matters for the encoder's dynamics targets.
 2. Reset fills the second slot with zeros instead of the reset frame (no effect on the max, but not the
-   spec's queue state).
+   algorithm's queue state).
 3. Truncation is the inner ALE flag, not a frame counter of the wrapper, so the limit cannot be made small
    for tests; there is no ε-random action and no frame history (``FrameStackObservation`` would add a layer).
 

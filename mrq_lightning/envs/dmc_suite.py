@@ -1,4 +1,4 @@
-"""``Dmc-<domain>-<task>`` and ``Dmc-visual-<domain>-<task>`` presets (spec §13.2, §13.3).
+"""``Dmc-<domain>-<task>`` and ``Dmc-visual-<domain>-<task>`` presets (algorithm §13.2, §13.3).
 
 Both are small ``gymnasium.Env`` classes over a dm_control suite env (TorchRL's ``DMControlEnv`` is not
 used: it cannot render at 84×84 (``render_kwargs`` TypeError), its pixel wrapper renders on every physics
@@ -40,7 +40,7 @@ from .state import _MUTABLE_MODEL_FIELDS, mujoco_state, numpy_rng_state, set_muj
 
 __all__ = ["DMC_TASKS", "DMCEnv", "DMCVisualEnv", "check_task", "camera_for"]
 
-#: The 28 tasks of the paper (spec §13.2), as (domain, task).
+#: The 28 tasks of the paper (algorithm §13.2), as (domain, task).
 DMC_TASKS: tuple[tuple[str, str], ...] = tuple(
     tuple(n.split("-"))
     for n in (

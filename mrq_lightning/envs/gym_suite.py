@@ -1,4 +1,4 @@
-"""``Gym-<id>`` preset (spec §13.1): any gymnasium id with a Box (vector) observation space.
+"""``Gym-<id>`` preset (algorithm §13.1): any gymnasium id with a Box (vector) observation space.
 
 * ``gymnasium.make(id)`` with its registered defaults (the MuJoCo tasks keep their 1000-step ``TimeLimit``);
   no normalisation and no other gymnasium wrappers.

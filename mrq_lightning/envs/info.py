@@ -1,4 +1,4 @@
-""":class:`EnvInfo`, the static description every preset returns next to its env (spec §13).
+""":class:`EnvInfo`, the static description every preset returns next to its env (algorithm §13).
 
 A plain dataclass with no imports from the suites or the registry, so that both can use it.
 """

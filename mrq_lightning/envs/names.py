@@ -1,4 +1,4 @@
-"""Environment names (spec §13): the valid forms, :func:`parse_env_name` and the error they raise.
+"""Environment names (algorithm §13): the valid forms, :func:`parse_env_name` and the error they raise.
 
 Names follow the official MR.Q forms:
 

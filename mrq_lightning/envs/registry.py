@@ -1,4 +1,4 @@
-"""The preset factories (spec §13): :func:`make_gymnasium_env` and :func:`make_env`.
+"""The preset factories (algorithm §13): :func:`make_gymnasium_env` and :func:`make_env`.
 
 Names are parsed by :mod:`.names` (forms ``Gym-<id>``, ``Dmc-[visual-]<domain>-<task>``, ``Atari-<Game>-v5``);
 the static description is :class:`.info.EnvInfo`. The suite modules (and with them the simulators) are
@@ -8,7 +8,7 @@ Every suite is a small ``gymnasium.Env`` that already emits the agent state (flo
 stack for pixels), so one TorchRL code path (``GymWrapper``) serves all of them. ``make_gymnasium_env`` gives
 that gymnasium-level env for hand-written step loops (≈10× less per-step overhead than TorchRL).
 
-Seeding (spec §14). Each suite seeds itself at construction exactly as the official code does (Gym/Atari:
+Seeding (algorithm §14). Each suite seeds itself at construction exactly as the official code does (Gym/Atari:
 ``reset(seed=seed)`` once plus ``action_space.seed(seed)``; DMC: ``suite.load(..., task_kwargs={'random': seed})``).
 ``GymWrapper`` does not reset at construction, and every later TorchRL ``reset()`` is unseeded, so the first
 episode starts from an unseeded reset of an env seeded at construction, as in the official loop.
@@ -78,7 +78,7 @@ def make_env(
     ``("next", "terminated" | "truncated" | "done")`` bool ``[1]``.
 
     ``evaluation`` only matters for Atari (ε = 0.001 random actions); ``official_quirks=True`` applies that ε
-    to the training env as well (quirk Q1). Use seed + 100 for the evaluation env (spec §14).
+    to the training env as well (quirk Q1). Use seed + 100 for the evaluation env (algorithm §14).
     """
     from torchrl.envs import GymWrapper
 

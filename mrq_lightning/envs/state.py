@@ -1,4 +1,4 @@
-"""Save and restore a running environment mid-episode (checkpoint/resume, issue 5).
+"""Save and restore a running environment mid-episode (exact checkpoint/resume).
 
 Every preset's gymnasium-level class implements ``get_state() -> dict | None`` and ``set_state(state)``:
 

@@ -52,7 +52,7 @@ def make_mrq_networks(
     num_bins: int = NETWORK.num_bins,
     gumbel_tau: float = NETWORK.gumbel_tau,
 ) -> MRQNetworks:
-    """Build encoder, twin critic and policy with the paper's sizes by default (spec §3)."""
+    """Build encoder, twin critic and policy with the paper's sizes by default (algorithm §3)."""
     NetworkHParams(zs_dim=zs_dim, za_dim=za_dim, zsa_dim=zsa_dim, hidden_dim=hidden_dim, num_bins=num_bins,
                    gumbel_tau=gumbel_tau)  # fmt: skip  (validates every value)
     return MRQNetworks(
@@ -63,14 +63,14 @@ def make_mrq_networks(
 
 
 class MRQActor(nn.Module):
-    """Acting rule of spec §10 on top of the online encoder and policy (no gradient).
+    """Acting rule of algorithm §10 on top of the online encoder and policy (no gradient).
 
     The behaviour follows TorchRL's exploration type, so collectors and ``set_exploration_type`` just work:
 
     * ``RANDOM`` (collector default) or unset: exploration. Continuous ``clip(tanh(u) + N(0, sigma^2), -1, 1)``;
       discrete ``one_hot(argmax(GumbelSoftmax(u) + N(0, (sigma/2)^2)))``.
     * ``DETERMINISTIC``: MR.Q's evaluation rule. Continuous ``tanh(u)``; discrete ``one_hot(argmax(GumbelSoftmax(u)))``
-      which is a *sample* from softmax(u), as in the official code (spec §16 Q10).
+      which is a *sample* from softmax(u), as in the official code (algorithm §16 Q10).
     * ``MODE`` / ``MEAN`` / ``MEDIAN``: greedy. Discrete ``one_hot(argmax(u))``; continuous as DETERMINISTIC.
 
     Actions are in the agent's normalised space ([-1, 1], or one-hot); presets rescale to the env's bounds.

@@ -1,10 +1,10 @@
-"""MR.Q networks as plain ``nn.Module`` s (spec §3).
+"""MR.Q networks as plain ``nn.Module`` s (algorithm §3).
 
-Conventions (spec §3.1): a dense block is Linear -> non-affine LayerNorm -> activation; an MLP is two dense
+Conventions (algorithm §3.1): a dense block is Linear -> non-affine LayerNorm -> activation; an MLP is two dense
 blocks and a plain output Linear; every Linear/Conv2d weight is Xavier-uniform with gain sqrt(2) and every bias
 is zero, output layers included.
 
-Parameter counts (spec §3.10) are checked by the tests: 3,857,226 for HalfCheetah (obs 17, act 6) and 4,164,182
+Parameter counts (algorithm §3.10) are checked by the tests: 3,857,226 for HalfCheetah (obs 17, act 6) and 4,164,182
 for Atari (4x84x84, 18 actions).
 """
 
@@ -36,7 +36,7 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {"elu": nn.ELU, "relu": nn.ReLU}
 
 
 def init_weights(module: nn.Module) -> None:
-    """Xavier-uniform (gain sqrt(2)) weights and zero biases for every Linear/Conv2d (spec §3.1, D1)."""
+    """Xavier-uniform (gain sqrt(2)) weights and zero biases for every Linear/Conv2d (algorithm §3.1, D1)."""
     if isinstance(module, (nn.Linear, nn.Conv2d)):
         nn.init.xavier_uniform_(module.weight, gain=math.sqrt(2.0))
         if module.bias is not None:
@@ -67,7 +67,7 @@ class MLP(nn.Sequential):
 
 
 class VectorStateEncoder(nn.Module):
-    """f(s) for vector observations: MLP(obs_dim -> zs_dim) then LN + ELU (spec §3.2). No input normalisation."""
+    """f(s) for vector observations: MLP(obs_dim -> zs_dim) then LN + ELU (algorithm §3.2). No input normalisation."""
 
     def __init__(self, obs_dim: int, zs_dim: int = NETWORK.zs_dim, hidden_dim: int = NETWORK.hidden_dim) -> None:
         super().__init__()
@@ -79,7 +79,7 @@ class VectorStateEncoder(nn.Module):
 
 
 class PixelStateEncoder(nn.Module):
-    """f(s) for uint8 frame stacks ``[C, H, W]``: 4 convs (32 channels, ELU) then Linear -> LN -> ELU (spec §3.3).
+    """f(s) for uint8 frame stacks ``[C, H, W]``: 4 convs (32 channels, ELU) then Linear -> LN -> ELU (algorithm §3.3).
 
     The input is scaled as ``x / 255 - 0.5``. The flattened size is computed from ``obs_shape`` (1568 at 84x84).
     """
@@ -106,9 +106,9 @@ class PixelStateEncoder(nn.Module):
 
 
 class StateActionEncoder(nn.Module):
-    """g(zs, a): action embedding ELU(Linear(a -> za_dim)) (no norm, spec §3.4), then MLP(zs ++ za -> zsa_dim).
+    """g(zs, a): action embedding ELU(Linear(a -> za_dim)) (no norm, algorithm §3.4), then MLP(zs ++ za -> zsa_dim).
 
-    ``zsa`` is the raw output of the last Linear (spec §3.5).
+    ``zsa`` is the raw output of the last Linear (algorithm §3.5).
     """
 
     def __init__(
@@ -129,7 +129,7 @@ class StateActionEncoder(nn.Module):
 
 
 class MDPHead(nn.Module):
-    """Linear MDP head m(zsa) -> (done, next zs, reward logits), split in that order (spec §3.6). All raw."""
+    """Linear MDP head m(zsa) -> (done, next zs, reward logits), split in that order (algorithm §3.6). All raw."""
 
     def __init__(
         self, zsa_dim: int = NETWORK.zsa_dim, zs_dim: int = NETWORK.zs_dim, num_bins: int = NETWORK.num_bins
@@ -186,7 +186,7 @@ class Encoder(nn.Module):
 
 
 class TwinCritic(nn.Module):
-    """Two independent value MLPs on zsa (3 dense blocks + Linear(->1) each); output ``[..., 2]`` (spec §3.7)."""
+    """Two independent value MLPs on zsa (3 dense blocks + Linear(->1) each); output ``[..., 2]`` (algorithm §3.7)."""
 
     def __init__(
         self, zsa_dim: int = NETWORK.zsa_dim, hidden_dim: int = NETWORK.hidden_dim, num_critics: int = 2
@@ -202,7 +202,7 @@ class TwinCritic(nn.Module):
 
 
 class Policy(nn.Module):
-    """pi(zs): MLP with ReLU (spec §3.8). Returns ``(action, pre_activation)``.
+    """pi(zs): MLP with ReLU (algorithm §3.8). Returns ``(action, pre_activation)``.
 
     Continuous: ``tanh(u)``. Discrete: a soft Gumbel-softmax sample with temperature ``gumbel_tau`` (10), drawn
     afresh on every call (acting, target computation and the actor loss alike).

@@ -1,4 +1,4 @@
-"""``MRQLoss``: MR.Q's three objectives as a TorchRL ``LossModule`` (spec §5-§7, §9).
+"""``MRQLoss``: MR.Q's three objectives as a TorchRL ``LossModule`` (algorithm §5-§7, §9).
 
 The loss owns the online networks (encoder, twin critic, policy), their hard-copied targets and the two reward
 scales. Each sub-loss is its own method returning ``(loss, metrics)`` so that a training loop can step three
@@ -8,7 +8,7 @@ separate optimizers, as MR.Q requires:
 * :meth:`MRQLoss.value_loss` on a value-mode batch (horizon 3); it also writes LAP priorities into the batch,
 * :meth:`MRQLoss.actor_loss` on the same value batch, right after the value step.
 
-:meth:`MRQLoss.sync_targets` performs the every-250-updates hard copy and reward-scale refresh (spec §9).
+:meth:`MRQLoss.sync_targets` performs the every-250-updates hard copy and reward-scale refresh (algorithm §9).
 
 Input keys (rename with :meth:`set_keys`), batch size ``[B]``:
 
@@ -22,7 +22,7 @@ key (``tensor_keys.*``)    shape                            meaning
 ``next_observation``       ``[B, H, *state]`` or ``[B, *state]``  successor states (all H, or only s_{j+H})
 ``priority`` (output)      ``[B]``                          written by :meth:`value_loss`
 ``state_embedding`` (out)  ``[B, 512]``                     z_s of s_j, written by :meth:`value_loss`, reused by
-                                                            :meth:`actor_loss` (spec §7)
+                                                            :meth:`actor_loss` (algorithm §7)
 =========================  ===============================  ============================================
 """
 
@@ -49,7 +49,7 @@ __all__ = ["MRQLoss"]
 @contextlib.contextmanager
 def _no_param_grad(*modules: nn.Module):
     """Build the graph without tracking these modules' parameters: gradients still flow *through* the modules
-    into their inputs, but none is deposited in their parameters (spec §7's framework note)."""
+    into their inputs, but none is deposited in their parameters (algorithm §7's framework note)."""
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     for p in params:
         p.requires_grad_(False)
@@ -73,7 +73,7 @@ class MRQLoss(LossModule):
         pre_activation_weight: policy pre-activation penalty (1e-5).
         lap_alpha, min_priority: LAP priority exponent and floor (0.4, 1.0).
         num_bins, bin_range: symexp two-hot reward bins (65 over [-10, 10] before symexp).
-        official_quirks: use the official code's multi-step return (spec §16 Q3) instead of the paper's.
+        official_quirks: use the official code's multi-step return (algorithm §16 Q3) instead of the paper's.
 
     Examples:
         >>> from mrq_lightning.modules.networks import Encoder, TwinCritic, Policy
@@ -125,14 +125,14 @@ class MRQLoss(LossModule):
         self.encoder = encoder
         self.critic = critic
         self.policy = policy
-        # Targets are plain deep copies, hard-synced by `sync_targets` (spec §3.9). The leading underscore keeps
+        # Targets are plain deep copies, hard-synced by `sync_targets` (algorithm §3.9). The leading underscore keeps
         # them out of LossModule.parameters(), so no optimizer built from the loss ever sees them.
         self._target_encoder = copy.deepcopy(encoder).requires_grad_(False)
         self._target_critic = copy.deepcopy(critic).requires_grad_(False)
         self._target_policy = copy.deepcopy(policy).requires_grad_(False)
 
         self.discrete = bool(policy.discrete)
-        noise_scale = 0.5 if self.discrete else 1.0  # spec §2.1: discrete noises are halved
+        noise_scale = 0.5 if self.discrete else 1.0  # algorithm §2.1: discrete noises are halved
         self.gamma = gamma
         self.dynamics_weight = dynamics_weight
         self.reward_weight = reward_weight
@@ -144,7 +144,7 @@ class MRQLoss(LossModule):
         self.min_priority = min_priority
         self.official_quirks = official_quirks
         self.register_buffer("reward_bins", MF.two_hot_bins(num_bins, -bin_range, bin_range))
-        # r̄ starts at 1 and r̄' at 0; the first sync sets r̄' = 1 (spec §9).
+        # r̄ starts at 1 and r̄' at 0; the first sync sets r̄' = 1 (algorithm §9).
         self.register_buffer("reward_scale", torch.ones(()))
         self.register_buffer("target_reward_scale", torch.zeros(()))
 
@@ -165,7 +165,7 @@ class MRQLoss(LossModule):
     def sync_targets(self, reward_scale: float | torch.Tensor | None = None) -> None:
         """Hard-copy encoder, critic and policy into their targets; r̄' <- r̄; r̄ <- max(reward_scale, 1e-8).
 
-        Called before the first RL update and then every 250 updates, right before the encoder burst (spec §9).
+        Called before the first RL update and then every 250 updates, right before the encoder burst (algorithm §9).
         """
         for online, target in (
             (self.encoder, self._target_encoder),
@@ -180,7 +180,7 @@ class MRQLoss(LossModule):
         if reward_scale is not None:
             self.reward_scale.copy_(torch.as_tensor(reward_scale, dtype=torch.float32).clamp(min=1e-8))
 
-    # ------------------------------------------------------------------ encoder (spec §5)
+    # ------------------------------------------------------------------ encoder (algorithm §5)
     def encoder_loss(self, tensordict: TensorDictBase, env_terminates: bool = True) -> tuple[torch.Tensor, TensorDict]:
         """Model-based representation loss, unrolled over the batch's horizon with termination masks.
 
@@ -214,7 +214,7 @@ class MRQLoss(LossModule):
         pred_zs = torch.stack(pred_zs, 1)  # [B, H, zs]
         pred_reward = torch.stack(pred_reward, 1)  # [B, H, bins]
 
-        # Masked means divide by the full count (spec §5); summing the H per-step means = H * mean over [B, H].
+        # Masked means divide by the full count (algorithm §5); summing the H per-step means = H * mean over [B, H].
         dynamics = (((pred_zs.float() - target_zs.float()) ** 2) * mask.unsqueeze(-1)).mean() * horizon
         reward_ce = MF.two_hot_cross_entropy(pred_reward, rewards, self.reward_bins).squeeze(-1)
         reward = (reward_ce * mask).mean() * horizon
@@ -233,7 +233,7 @@ class MRQLoss(LossModule):
         )
         return loss, metrics
 
-    # ------------------------------------------------------------------ value (spec §6)
+    # ------------------------------------------------------------------ value (algorithm §6)
     def _value_batch(self, tensordict: TensorDictBase, horizon: int | None = None):
         keys = self.tensor_keys
         obs = tensordict.get(keys.observation)
@@ -296,11 +296,11 @@ class MRQLoss(LossModule):
         )
         return loss, metrics
 
-    # ------------------------------------------------------------------ policy (spec §7)
+    # ------------------------------------------------------------------ policy (algorithm §7)
     def actor_loss(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, TensorDict]:
         """Deterministic policy gradient through g and both (just-updated) critics, plus the pre-activation penalty.
 
-        Uses ``state_embedding`` written by :meth:`value_loss` when present (spec §7), else encodes ``observation``
+        Uses ``state_embedding`` written by :meth:`value_loss` when present (algorithm §7), else encodes ``observation``
         without gradient. No gradient is deposited in encoder or critic parameters.
         """
         zs = tensordict.get(self.tensor_keys.state_embedding, None)

@@ -1,6 +1,6 @@
 """``MRQDataModule``: environments, a TorchRL collector and the MR.Q replay buffer behind Lightning's data API.
 
-One ``training_step`` is one environment step (spec §9): the stream below steps the collector once, stores the
+One ``training_step`` is one environment step (algorithm §9): the stream below steps the collector once, stores the
 transition, and hands the step index to the module, which then samples its own batches from :attr:`buffer`
 (so that priorities written by update t are seen by the sample of update t + 1).
 

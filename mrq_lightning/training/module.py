@@ -1,4 +1,4 @@
-"""``MRQ``: the LightningModule. Orchestration only; the algorithm lives in :class:`MRQLoss` (spec §9 schedule).
+"""``MRQ``: the LightningModule. Orchestration only; the algorithm lives in :class:`MRQLoss` (algorithm §9 schedule).
 
 Per ``training_step`` (= one environment step, already taken and stored by the DataModule):
 
