@@ -21,12 +21,12 @@ import torch
 from torchrl.collectors import Collector
 from torchrl.record.loggers import TensorboardLogger
 
-from mrq_lightning.agent import MRQUpdater, Warmup
+from mrq_lightning.agent import MRQUpdater, Warmup, metric_tag
 from mrq_lightning.data import MRQReplayBuffer
 from mrq_lightning.envs import make_env
 from mrq_lightning.evaluation import evaluate_policy
 from mrq_lightning.hyperparameters import MODEL_GROUPS, REPLAY, LossHParams, NetworkHParams, UpdateHParams, pick
-from mrq_lightning.modules.builders import make_mrq_networks, make_tensordict_modules
+from mrq_lightning.modules.builders import make_acting_policy, make_mrq_networks
 from mrq_lightning.objectives.mrq_loss import MRQLoss
 
 
@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     updater = MRQUpdater(loss, **asdict(pick(UpdateHParams, options)))
     buffer = MRQReplayBuffer(capacity=args.buffer_capacity, obs_shape=info.obs_shape, action_dim=info.action_dim,
                              pixels=info.pixels, history=info.history, **updater.replay_settings())  # fmt: skip
-    policy = make_tensordict_modules(nets, args.exploration_noise)["acting_policy"]  # "observation" -> "action"
-    warmup = Warmup(args.random_steps)
+    policy = make_acting_policy(nets, args.exploration_noise)  # TensorDictModule: "observation" -> "action"
+    warmup = Warmup(args.random_steps)  # learning starts after the random phase (init_random_frames below)
     collector = Collector(env, policy, frames_per_batch=1, total_frames=args.total_steps,
                           init_random_frames=args.random_steps or None, track_traj_ids=False,
                           auto_register_policy_transforms=False)  # fmt: skip
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             last_eval = evaluate(env_step)
         if env_step % args.log_every == 0:
             for name, value in metrics.items():
-                logger.log_scalar(f"train/{name}", float(value), step=env_step)
+                logger.log_scalar(metric_tag(name), float(value), step=env_step)  # "loss/value" as fit
     collector.shutdown()
 
     if args.save:

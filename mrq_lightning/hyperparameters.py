@@ -143,8 +143,10 @@ class ReplayHParams(_Group):
 
     def __post_init__(self) -> None:
         _require(_positive_int(self.capacity), "capacity", self.capacity, "an integer >= 1")
-        _require(isinstance(self.random_steps, int) and self.random_steps >= 0, "random_steps", self.random_steps,
-                 "an integer >= 0")  # fmt: skip
+        _require(isinstance(self.random_steps, int) and not isinstance(self.random_steps, bool)
+                 and self.random_steps >= 0, "random_steps", self.random_steps, "an integer >= 0")  # fmt: skip
+        _require(isinstance(self.pixel_augmentation, bool), "pixel_augmentation", self.pixel_augmentation,
+                 "true or false")  # fmt: skip
 
 
 NETWORK = NetworkHParams()

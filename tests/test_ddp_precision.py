@@ -84,3 +84,25 @@ def test_16_mixed_is_refused_with_a_clear_message():
     module._trainer = SimpleNamespace(precision="16-mixed")
     with pytest.raises(MRQUserError, match="use 32-true \\(default\\) or bf16-mixed"):
         module.setup("fit")
+
+
+@pytest.mark.slow
+def test_ddp_with_the_slot_warmup_starts_learning_on_every_rank_at_once(tmp_path):
+    """Under official_quirks learning starts at a replay slot count (algorithm §16 Q9). With terminating episodes of
+    different lengths the ranks' buffers cross it at different env steps; all ranks must still start together
+    (once every rank's buffer is past it), or their collectives would pair up wrongly and hang."""
+    _cli(["fit", "--config", str(CONFIGS / "gym.yaml"), "--config", str(CONFIGS / "smoke.yaml"),
+          "--config", str(CONFIGS / "overlays" / "ddp.yaml"), "--trainer.accelerator", "cpu",
+          "--data.env", "Gym-CartPole-v1", "--data.official_quirks", "true", "--data.total_steps", "200",
+          "--progress_bar.refresh_rate", "0"], tmp_path)  # fmt: skip
+    ckpt_dir = tmp_path / RUN_DIR / "checkpoints"
+    checkpoint = torch.load(ckpt_dir / "last.ckpt", weights_only=True)
+    sidecar = ckpt_dir / checkpoint["MRQDataModule"]["sidecar"]
+    ranks = [torch.load(sidecar / f"rank{r}" / "state.pt", weights_only=True) for r in (0, 1)]
+    buffers = [torch.load(sidecar / f"rank{r}" / "buffer" / "state.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["state_digest"] == ranks[1]["state_digest"]
+    # Random CartPole episodes end every ~20 steps, each adding a final-observation slot: the 100 slots are
+    # passed before env step 100 on both ranks, so there are more than the 100 updates the env-step rule gives.
+    episode_ends = [int((~b["storage"]["tensors"]["is_transition"]).sum()) for b in buffers]
+    assert all(ends > 2 for ends in episode_ends) and episode_ends[0] != episode_ends[1]
+    assert 100 < checkpoint["mrq"]["rl_updates"] < 110

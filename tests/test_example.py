@@ -53,8 +53,8 @@ def test_example_trains_and_logs_with_torchrl_logger(example_run):
     scalars = tensorboard_scalars(run_dir)
     assert [step for step, _ in scalars["eval/return"]] == [0, 300, 600]
     # Updates start after the 100 random steps; scalars every 50 env steps once there are metrics.
-    assert [step for step, _ in scalars["train/loss_value"]] == list(range(150, 601, 50))
-    assert all(torch.isfinite(torch.tensor(v)) for _, v in scalars["train/loss_encoder"])
+    assert [step for step, _ in scalars["loss/value"]] == list(range(150, 601, 50))  # fit's tags
+    assert all(torch.isfinite(torch.tensor(v)) for _, v in scalars["loss/encoder"] + scalars["train/q_mean"])
 
 
 @pytest.mark.slow

@@ -117,3 +117,16 @@ def test_seed_everything_also_seeds_the_environments():
 
     cli = build_cli(["--config", CONFIGS[0], "--seed_everything", "3", "--trainer.logger", "false"], run=False)
     assert cli.datamodule.seed == 3  # training env seed 3 (+1000 per DDP rank), eval env 103
+
+
+def test_optimizer_step_budgets_are_refused(tmp_path, monkeypatch, capsys):
+    from conftest import SMOKE
+
+    from mrq_lightning.training.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", *SMOKE, "--trainer.max_steps", "100"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--trainer.max_steps" in err and "--data.total_steps" in err and "Traceback" not in err

@@ -190,6 +190,8 @@ def test_buffer_must_follow_the_update():
         updater.step(filled_buffer())  # paper buffer: horizon 5
     with pytest.raises(ConfigurationError, match="min_priority"):
         make_updater().step(filled_buffer(min_priority=2.0))
+    with pytest.raises(ConfigurationError, match="'horizon': 6"):  # a longer window changes the valid starts
+        make_updater().step(filled_buffer(horizon=6))
     updater.step(filled_buffer(**updater.replay_settings()))  # horizon 6 works end to end
 
 

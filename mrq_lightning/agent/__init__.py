@@ -1,6 +1,6 @@
 """MR.Q's training procedure without a training framework: the update and the warm-up rule (algorithm §9)."""
 
-from mrq_lightning.agent.updater import MRQUpdater
+from mrq_lightning.agent.updater import MRQUpdater, metric_tag
 from mrq_lightning.agent.warmup import Warmup
 
-__all__ = ["MRQUpdater", "Warmup"]
+__all__ = ["MRQUpdater", "Warmup", "metric_tag"]

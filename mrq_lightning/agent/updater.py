@@ -37,9 +37,15 @@ from mrq_lightning.errors import ConfigurationError
 from mrq_lightning.hyperparameters import UPDATE, UpdateHParams, replay_settings
 from mrq_lightning.objectives.mrq_loss import MRQLoss
 
-__all__ = ["MRQUpdater"]
+__all__ = ["MRQUpdater", "metric_tag"]
 
 _STATE_FORMAT = "mrq_lightning.updater/1"
+
+
+def metric_tag(name: str) -> str:
+    """The logging tag of a :meth:`MRQUpdater.step` metric: ``loss_value`` -> ``loss/value``, ``q_mean`` ->
+    ``train/q_mean`` (what ``fit`` writes to TensorBoard)."""
+    return f"loss/{name[5:]}" if name.startswith("loss_") else f"train/{name}"
 
 
 def _default_backward(loss: torch.Tensor) -> None:
@@ -121,9 +127,7 @@ class MRQUpdater:
         """Refuse a buffer whose window, LAP alpha or minimum priority differ from this update's (one line)."""
         wanted = self.replay_settings()
         have = {"horizon": buffer.horizon, "alpha": buffer.alpha, "min_priority": buffer.min_priority}
-        if buffer.horizon < wanted["horizon"] or have["alpha"] != wanted["alpha"] or have["min_priority"] != wanted[
-            "min_priority"
-        ]:
+        if have != wanted:  # a longer window would also change which starts are valid (algorithm §11)
             raise ConfigurationError(
                 f"the replay buffer was built with {have}, MR.Q's update needs {wanted}. Fix: build it with "
                 "MRQReplayBuffer(..., **updater.replay_settings())."
@@ -135,7 +139,8 @@ class MRQUpdater:
 
         Keys: ``loss_value, q_mean, q_max, target_mean, priority_mean, loss_policy, policy_q, pre_activation_sq``
         every call, and ``loss_encoder, loss_dynamics, loss_reward, loss_terminal`` (of the last encoder update)
-        on calls that ran an encoder burst. No host synchronisation happens here.
+        on calls that ran an encoder burst. Nothing is read back to the host here except by the LAP sampler, which
+        reads its total priority mass once per change of the buffer.
         """
         if self._checked_buffer != id(buffer):
             self.check_buffer(buffer)

@@ -27,7 +27,7 @@ from torchrl.envs.utils import ExplorationType, exploration_type
 from mrq_lightning.hyperparameters import ACTING, NETWORK, NetworkHParams
 from mrq_lightning.modules.networks import Encoder, Policy, TwinCritic
 
-__all__ = ["MRQNetworks", "make_mrq_networks", "MRQActor", "make_tensordict_modules"]
+__all__ = ["MRQActor", "MRQNetworks", "make_acting_policy", "make_mrq_networks", "make_tensordict_modules"]
 
 
 @dataclass
@@ -102,6 +102,12 @@ class MRQActor(nn.Module):
         return action.float()
 
 
+def make_acting_policy(networks: MRQNetworks, exploration_noise: float = ACTING.exploration_noise) -> TensorDictModule:
+    """The acting rule of algorithm §10 as a TensorDictModule: ``"observation"`` -> ``"action"`` (explores under
+    TorchRL's default exploration type, evaluates under ``DETERMINISTIC``); what collectors and evaluation use."""
+    return TensorDictModule(MRQActor(networks.encoder, networks.policy, exploration_noise), ["observation"], ["action"])
+
+
 def make_tensordict_modules(
     networks: MRQNetworks, exploration_noise: float = ACTING.exploration_noise
 ) -> dict[str, TensorDictModule]:
@@ -119,7 +125,5 @@ def make_tensordict_modules(
         ),
         "critic": TensorDictModule(networks.critic, ["state_action_embedding"], ["state_action_value"]),
         "policy": TensorDictModule(networks.policy, ["state_embedding"], ["action", "pre_activation"]),
-        "acting_policy": TensorDictModule(
-            MRQActor(enc, networks.policy, exploration_noise), ["observation"], ["action"]
-        ),
+        "acting_policy": make_acting_policy(networks, exploration_noise),
     }

@@ -135,7 +135,7 @@ def _version_of(run_dir: Path) -> int | str:
 class MRQCheckpoint(ModelCheckpoint):
     """Checkpoint every ``every_n_env_steps`` environment steps and at the end of ``fit`` (see the module docstring).
 
-    Lightning's ``global_step`` counts optimizer steps (about 3 per env step); this callback only looks at
+    Lightning's ``global_step`` is not advanced by MR.Q (its updater steps the optimizers); this callback only looks at
     ``MRQ.env_steps``. File names carry the env step (``env_step=0400000.ckpt``) and ``last.ckpt`` always points at
     the newest one.
 

@@ -21,7 +21,7 @@ _CKPT_KEYWORDS = ("last", "best", "hpc", "registry")  # --ckpt_path values Light
 __all__ = ["MRQLightningCLI", "main"]
 
 TRAINER_DEFAULTS = {
-    # One epoch = the whole env-step budget; Lightning's global_step counts optimizer steps, never the budget.
+    # One epoch = the whole env-step budget (MRQUpdater steps its optimizers itself: global_step stays 0, unused).
     "max_epochs": 1,
     "max_steps": -1,
     "num_sanity_val_steps": 0,

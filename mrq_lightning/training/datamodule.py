@@ -117,11 +117,19 @@ class MRQDataModule(LightningDataModule):
         official_quirks: bool = False,
     ) -> None:
         super().__init__()
-        if total_steps < 1 or eval_every < 1 or eval_episodes < 0 or random_steps < 0 or buffer_capacity < 1:
+        if total_steps < 1 or eval_every < 1 or eval_episodes < 0 or random_steps < 0 or buffer_capacity < 1 or any(
+            isinstance(v, bool) for v in (total_steps, eval_every, eval_episodes, random_steps, buffer_capacity)
+        ):
             raise ConfigurationError(
                 "data.total_steps, data.eval_every and data.buffer_capacity must be >= 1, data.random_steps and "
                 f"data.eval_episodes >= 0; got total_steps={total_steps}, eval_every={eval_every}, "
                 f"buffer_capacity={buffer_capacity}, random_steps={random_steps}, eval_episodes={eval_episodes}"
+            )
+        if official_quirks and buffer_capacity <= random_steps:
+            raise ConfigurationError(
+                f"with data.official_quirks the random phase lasts until the replay buffer holds more than "
+                f"data.random_steps={random_steps} slots, which data.buffer_capacity={buffer_capacity} never reaches. "
+                "Fix: raise data.buffer_capacity or lower data.random_steps."
             )
         ReplayHParams(capacity=buffer_capacity, random_steps=random_steps, pixel_augmentation=pixel_augmentation)
         parse_env_name(env)  # fail at config time, before any simulator starts, with the valid forms
@@ -324,7 +332,8 @@ class MRQDataModule(LightningDataModule):
             if stream_rng is not None:
                 # Lightning draws from the torch RNG between train_dataloader() and the first batch (the DataLoader
                 # iterator's base seed). Undoing that makes a fit consume random numbers exactly like a plain loop
-                # (seed, envs, networks, collector, steps): the two produce bit-identical parameters.
+                # (seed, envs, networks, collector, steps): the two produce bit-identical parameters. (Draws made
+                # by callbacks in on_train_start / on_train_epoch_start are rewound too.)
                 restore_rng(stream_rng, self._root_device)
             return
         restored = False

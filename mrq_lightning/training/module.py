@@ -1,22 +1,24 @@
-"""``MRQ``: the LightningModule. Orchestration only; the algorithm lives in :class:`MRQLoss` (algorithm §9 schedule).
+"""``MRQ``: the LightningModule. Orchestration only: the update is :class:`~mrq_lightning.agent.MRQUpdater`.
 
 Per ``training_step`` (= one environment step, already taken and stored by the DataModule):
 
-1. after the random phase, on RL update n with (n - 1) mod 250 == 0: hard target sync, reward-scale refresh,
-   then 250 encoder updates on fresh prioritized batches;
-2. one value update (grad-norm clip 20), one policy update, and the LAP priority write-back;
-3. evaluation every ``eval_every`` env steps; TensorBoard scalars every ``log_every_n_env_steps``.
+1. once the warm-up is over (:class:`~mrq_lightning.agent.Warmup`), ``updater.step(buffer)``: on RL update n with
+   (n - 1) mod 250 == 0 a hard target sync, a reward-scale refresh and 250 encoder updates, then one value update
+   (grad-norm clip 20), one policy update and the LAP priority write-back (algorithm §9);
+2. evaluation every ``eval_every`` env steps; TensorBoard scalars every ``log_every_n_env_steps``.
 
-Every count users see is in environment steps: ``env_steps`` is stored in the checkpoint; Lightning's
-``global_step`` counts optimizer steps (about 3 per env step) and is never used as a budget.
+Every count users see is in environment steps: ``env_steps`` is stored in the checkpoint. The updater steps its
+optimizers itself, so Lightning's ``global_step`` stays 0 (``--trainer.max_steps`` is refused: use
+``--data.total_steps``).
 
 Distributed data parallel (``--trainer.devices N --trainer.strategy ddp_find_unused_parameters_true``): every rank
 has its own DataModule (env seeded ``seed + 1000 * rank``, its own collector and replay buffer) and its own torch /
 numpy / python RNG streams (``seed + 1000 * rank``); one ``training_step`` is one env step *per rank*, so one update
 uses N env steps and a global batch of N x ``batch_size`` (DDP averages the gradients; parameters stay identical on
 all ranks). The reward scale r̄ is the mean over ranks of each rank's buffer mean, so every rank uses the same one.
-``data.total_steps`` counts env steps per rank (the TensorBoard x-axis); ``train/global_env_steps`` = N x env steps.
-Evaluation and TensorBoard run on rank 0 only.
+Learning starts on all ranks at the same env step (under ``official_quirks`` once every rank's buffer holds more
+than ``random_steps`` slots). ``data.total_steps`` counts env steps per rank (the TensorBoard x-axis);
+``train/global_env_steps`` = N x env steps. Evaluation and TensorBoard run on rank 0 only.
 
 Precision: ``32-true`` or ``bf16-mixed`` (autocast around the networks; two-hot, TD targets, reward scaling and
 priorities stay fp32 inside :class:`MRQLoss`). ``16-mixed`` on a GPU is refused (see :meth:`setup`).
@@ -39,7 +41,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from tensordict.nn import TensorDictModule
 from torchrl.envs.utils import ExplorationType
 
-from mrq_lightning.agent import MRQUpdater
+from mrq_lightning.agent import MRQUpdater, metric_tag
 from mrq_lightning.errors import MRQUserError
 from mrq_lightning.hyperparameters import (
     ACTING,
@@ -53,20 +55,15 @@ from mrq_lightning.hyperparameters import (
     pick,
     replay_settings,
 )
-from mrq_lightning.modules.builders import MRQActor, make_mrq_networks
+from mrq_lightning.modules.builders import make_acting_policy, make_mrq_networks
 from mrq_lightning.objectives.mrq_loss import MRQLoss
-from mrq_lightning.training.resume import CKPT_FORMAT, check_module_section, purge_tensorboard_after
+from mrq_lightning.training.resume import CKPT_FORMAT, check_module_section, purge_tensorboard_from
 
 log = logging.getLogger(__name__)
 
 __all__ = ["MRQ"]
 
 SUPPORTED_PRECISION = ("32-true", "32", "bf16-mixed")
-
-
-def _scalar_name(metric: str) -> str:
-    """TensorBoard tag of an update metric: ``loss_value`` -> ``loss/value``, ``q_mean`` -> ``train/q_mean``."""
-    return f"loss/{metric[5:]}" if metric.startswith("loss_") else f"train/{metric}"
 
 
 class MRQ(LightningModule):
@@ -128,13 +125,15 @@ class MRQ(LightningModule):
         self.save_hyperparameters()
         for group in MODEL_GROUPS:  # refuse bad values now, before any environment starts
             pick(group, self.hparams)
-        if not isinstance(log_every_n_env_steps, int) or log_every_n_env_steps < 1:
+        every = log_every_n_env_steps
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
             raise MRQUserError(f"model.log_every_n_env_steps must be an integer >= 1, got {log_every_n_env_steps!r}")
         self.automatic_optimization = False
         self.loss_module: MRQLoss | None = None
         self.updater: MRQUpdater | None = None
         self.acting_policy: TensorDictModule | None = None
         self.env_steps = 0  # env steps taken (checkpointed); RL updates are counted by the updater
+        self._learning = False  # the warm-up is over (recomputed after a resume: it only ever turns true)
         self.last_eval_return = float("nan")
         self._metrics: dict[str, float | torch.Tensor] = {}
         self._eval_seconds = 0.0
@@ -156,12 +155,19 @@ class MRQ(LightningModule):
                 "(Lightning #18089); bf16-mixed has fp32's range and needs no scaler. (On CPU Lightning already "
                 "turns 16-mixed into bf16-mixed.)"
             )
+        if self.trainer.max_steps not in (-1, None) or self.trainer.min_steps not in (0, None):
+            raise MRQUserError(
+                "--trainer.max_steps / --trainer.min_steps count Lightning optimizer steps, which MR.Q does not use. "
+                "Fix: set the budget in environment steps with --data.total_steps."
+            )
         if self.loss_module is not None:
             return
         self.configure_networks(self.trainer.datamodule.env_info)
 
     def on_fit_start(self) -> None:
         trainer = self.trainer
+        # A buffer built for other horizons / LAP settings is refused now, not after the random phase.
+        self.updater.check_buffer(trainer.datamodule.buffer)
         world = trainer.world_size
         if world > 1:
             # seed_everything gave every rank the same streams; exploration noise and random actions must differ.
@@ -172,8 +178,9 @@ class MRQ(LightningModule):
                 f"MR.Q DDP: {world} ranks, one env + replay buffer each (env seed = seed + 1000 * rank). One update = "
                 f"{world} env steps (one per rank), global batch {world} x {hp.batch_size} = {world * hp.batch_size} "
                 f"(gradients averaged); data.total_steps={dm.total_steps} and random_steps={dm.random_steps} count "
-                f"env steps per rank (global budget {world * dm.total_steps}); TensorBoard x-axis = per-rank env "
-                "steps, train/global_env_steps = world_size x env steps; reward scale = mean over ranks."
+                f"{'env steps' if not dm.official_quirks else 'env steps and replay slots'} per rank (global budget "
+                f"{world * dm.total_steps}); TensorBoard x-axis = per-rank env steps, train/global_env_steps = "
+                "world_size x env steps; reward scale = mean over ranks."
             )
 
     def configure_networks(self, info) -> None:
@@ -192,9 +199,7 @@ class MRQ(LightningModule):
             **asdict(pick(UpdateHParams, hp)),
         )  # fmt: skip
         self.env_info = info
-        self.acting_policy = TensorDictModule(
-            MRQActor(nets.encoder, nets.policy, hp.exploration_noise), in_keys=["observation"], out_keys=["action"]
-        )
+        self.acting_policy = make_acting_policy(nets, hp.exploration_noise)
 
     def configure_optimizers(self):
         return list(self.updater.optimizers)
@@ -232,14 +237,23 @@ class MRQ(LightningModule):
             if step_index == 0:
                 self._evaluate(datamodule, at_step=0)
 
-        if datamodule.warmup.learns(self.env_steps, len(buffer)):
+        if self._learning or self._warmup_over(datamodule, buffer):
             # algorithm §9 step 4: encoder burst when due, value and policy updates, priority write-back
-            self._metrics.update({_scalar_name(k): v for k, v in self.updater.step(buffer).items()})
+            self._metrics.update({metric_tag(k): v for k, v in self.updater.step(buffer).items()})
 
         if self.env_steps % datamodule.eval_every == 0 or self.env_steps == datamodule.total_steps:
             self._evaluate(datamodule, at_step=self.env_steps)
         if self.env_steps % self.hparams.log_every_n_env_steps == 0:
             self._log_training(datamodule, buffer)
+
+    def _warmup_over(self, datamodule, buffer) -> bool:
+        """Whether learning starts now (algorithm §9 step 4). Under DDP with the slot-count rule (§16 Q9) the ranks'
+        buffers cross the threshold at different env steps; all ranks start together, once every one has."""
+        learns = datamodule.warmup.learns(self.env_steps, len(buffer))
+        if datamodule.warmup.official_quirks and self.trainer.world_size > 1:
+            learns = self.trainer.strategy.reduce_boolean_decision(learns, all=True)
+        self._learning = learns
+        return learns
 
     # ------------------------------------------------------------------ evaluation and logging
     def _evaluate(self, datamodule, at_step: int) -> None:
@@ -333,5 +347,5 @@ class MRQ(LightningModule):
         if fitting:
             for logger in trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):
-                    purge_tensorboard_after(logger, self.env_steps + 1)
+                    purge_tensorboard_from(logger, self.env_steps + 1)
             rank_zero_info(f"MR.Q resumes at env step {self.env_steps} ({self.rl_updates} RL updates) from {path}")

@@ -9,7 +9,7 @@ arguments:
 * :func:`write_rank_state` / :func:`read_rank_state`: a rank's replay buffer and rank-local state;
 * :func:`check_module_section` / :func:`check_data_section`: refuse a checkpoint that cannot resume this run, with
   a :class:`CheckpointError` naming the file and the fix;
-* :func:`purge_tensorboard_after`: hide what a crashed run logged after its checkpoint.
+* :func:`purge_tensorboard_from`: hide what a crashed run logged after its checkpoint (from the next env step).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ __all__ = [
     "capture_rng",
     "check_data_section",
     "check_module_section",
-    "purge_tensorboard_after",
+    "purge_tensorboard_from",
     "read_rank_state",
     "restore_rng",
     "write_rank_state",
@@ -191,7 +191,7 @@ def check_data_section(section: Mapping[str, Any], *, path: Any, config: Mapping
 
 
 # ------------------------------------------------------------------------------------------------ TensorBoard
-def purge_tensorboard_after(logger, step: int) -> None:
+def purge_tensorboard_from(logger, step: int) -> None:
     """Hide the events a crashed run wrote at env steps >= ``step``; the resumed run writes them again.
 
     TensorBoard drops every event read so far with a step >= ``step`` when it meets a ``SessionLog.START`` event at
