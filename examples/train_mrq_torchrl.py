@@ -34,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="Dmc-cartpole-balance")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="networks and replay buffer (e.g. cuda); envs run on the CPU")
     parser.add_argument("--total_steps", type=int, default=20_000, help="environment steps")
     parser.add_argument("--random_steps", type=int, default=REPLAY.random_steps)
     parser.add_argument("--buffer_capacity", type=int, default=REPLAY.capacity)
@@ -60,13 +61,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     nets = make_mrq_networks(info.obs_shape, info.action_dim, discrete=info.discrete, pixels=info.pixels,
                              **asdict(pick(NetworkHParams, options)))  # fmt: skip
     loss = MRQLoss(nets.encoder, nets.critic, nets.policy, num_bins=args.num_bins, **asdict(pick(LossHParams, options)))
+    loss.to(args.device)  # moves the networks in place: the optimizers below and the policy see the same parameters
     updater = MRQUpdater(loss, **asdict(pick(UpdateHParams, options)))
     buffer = MRQReplayBuffer(capacity=args.buffer_capacity, obs_shape=info.obs_shape, action_dim=info.action_dim,
-                             pixels=info.pixels, history=info.history, **updater.replay_settings())  # fmt: skip
+                             pixels=info.pixels, history=info.history, device=args.device,
+                             **updater.replay_settings())  # fmt: skip
     policy = make_acting_policy(nets, args.exploration_noise)  # TensorDictModule: "observation" -> "action"
     warmup = Warmup(args.random_steps)  # learning starts after the random phase (init_random_frames below)
     collector = Collector(env, policy, frames_per_batch=1, total_frames=args.total_steps,
-                          init_random_frames=args.random_steps or None, track_traj_ids=False,
+                          init_random_frames=args.random_steps or None, policy_device=args.device, env_device="cpu",
+                          storing_device=args.device, track_traj_ids=False,
                           auto_register_policy_transforms=False)  # fmt: skip
     logger = TensorboardLogger(exp_name=f"{args.env}_seed{args.seed}", log_dir=args.logdir)
 
