@@ -546,6 +546,10 @@ def test_loads_errors_name_path_and_problem(tmp_path):
         target.loads(path)
     assert str(path) in str(info.value)
 
+    (path / "meta.json").write_text('"mrq_lightning.replay/1"')  # the format string alone, not the metadata
+    with pytest.raises(ReplayBufferCheckpointError, match="unknown format"):
+        target.loads(path)
+
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ReplayBufferCheckpointError, match="incomplete"):

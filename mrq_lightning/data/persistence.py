@@ -87,7 +87,7 @@ def read_buffer_dir(buffer, path: str | os.PathLike) -> None:
             f"replay buffer checkpoint {path} is corrupt or incomplete: cannot read {_META_FILE} ({err})"
         ) from err
     found = meta.get("format") if isinstance(meta, dict) else meta
-    if found != CHECKPOINT_FORMAT:
+    if found != CHECKPOINT_FORMAT or not isinstance(meta, dict):
         raise ReplayBufferCheckpointError(
             f"replay buffer checkpoint {path}: unknown format {found!r} (expected {CHECKPOINT_FORMAT!r})"
         )
