@@ -20,6 +20,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
+# A fresh interpreter importing torch, TorchRL and a simulator takes ~5 s on an idle 2-core machine and several
+# times that under load; subprocesses that only import get this much before they count as hung.
+COLD_IMPORT_TIMEOUT = 300
 SMOKE = ["--config", str(CONFIGS / "dmc.yaml"), "--config", str(CONFIGS / "smoke.yaml"),
          "--data.env", "Dmc-cartpole-balance", "--progress_bar.refresh_rate", "0"]  # fmt: skip
 
@@ -58,6 +61,38 @@ def tensorboard_scalars(path: str | Path) -> dict[str, list[tuple[int, float]]]:
 def scalar_steps(path: str | Path) -> dict[str, list[int]]:
     """The steps of every scalar tag (see :func:`tensorboard_scalars`)."""
     return {tag: [step for step, _ in values] for tag, values in tensorboard_scalars(path).items()}
+
+
+def load_checkpoint(ckpt: Path, rank: int = 0) -> tuple[dict, dict, dict]:
+    """A ``.ckpt``, the rank state and the replay-buffer state of its sidecar for ``rank``; every file must load."""
+    import torch
+
+    checkpoint = torch.load(ckpt, weights_only=True)
+    sidecar = Path(ckpt).parent / checkpoint["MRQDataModule"]["sidecar"] / f"rank{rank}"
+    rank_state = torch.load(sidecar / "state.pt", weights_only=True)
+    buffer = torch.load(sidecar / "buffer" / "state.pt", weights_only=True)
+    assert checkpoint["mrq"]["env_steps"] == rank_state["env_steps"] == checkpoint["MRQDataModule"]["env_steps"]
+    assert buffer["storage"]["size"] == rank_state["buffer"]["size"]
+    return checkpoint, rank_state, buffer
+
+
+def assert_same(a, b, path: str = "") -> None:
+    """Nested dicts / lists / tensors equal bit for bit (dtype and shape included); the message names the path."""
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, path
+        assert torch.equal(a, b), f"tensors differ at {path}"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"keys differ at {path}: {set(a) ^ set(b)}"
+        for key in a:
+            assert_same(a[key], b[key], f"{path}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
 
 
 # The smoke overlay on DMC cartpole-balance: 600 env steps, 100 random, seed 0 (tests/test_training.py, test_example.py).

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import COLD_IMPORT_TIMEOUT
+
 from mrq_lightning.envs import EnvInfo, make_env, make_gymnasium_env, parse_env_name
 from mrq_lightning.envs.dmc_suite import DMC_TASKS, camera_for, check_task
 
@@ -307,7 +309,7 @@ def test_dmc_visual_without_gl_backend_names_the_fix():
     envvars = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     envvars["MUJOCO_GL"] = "glfw"  # no display here: context creation fails
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=envvars,
-                         timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                         timeout=COLD_IMPORT_TIMEOUT, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert "ERR" in out.stdout, out.stdout + out.stderr
     assert "MUJOCO_GL=egl" in out.stdout and "libosmesa6" in out.stdout
 
@@ -322,5 +324,5 @@ def test_dmc_visual_renders_headless_with_egl_when_mujoco_gl_is_unset():
     )
     envvars = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "DISPLAY", "WAYLAND_DISPLAY")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=envvars,
-                         timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                         timeout=COLD_IMPORT_TIMEOUT, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert "GL egl (9, 84, 84) True" in out.stdout, out.stdout + out.stderr

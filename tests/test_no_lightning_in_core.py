@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import COLD_IMPORT_TIMEOUT
+
 PACKAGE = Path(__file__).resolve().parents[1] / "mrq_lightning"
 REPO_ROOT = PACKAGE.parent
 FORBIDDEN_ROOTS = {"lightning", "pytorch_lightning", "lightning_fabric"}
@@ -93,7 +95,7 @@ def test_importing_core_leaves_lightning_out_of_sys_modules():
         "print(json.dumps(sorted(sys.modules)))\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=COLD_IMPORT_TIMEOUT, check=False
     )
     assert proc.returncode == 0, proc.stderr
     modules = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -431,12 +431,18 @@ def test_discrete_actions_round_trip_as_float_one_hot(form):
     assert torch.equal(batch["action"][0], one_hot[:5].float())
 
 
-def test_memory_per_transition_budgets():
-    atari = MRQReplayBuffer(capacity=1000, obs_shape=(4, 84, 84), action_dim=18, pixels=True, history=4)
-    dmc = MRQReplayBuffer(capacity=1000, obs_shape=(9, 84, 84), action_dim=6, pixels=True, history=3)
-    assert atari.memory_bytes() / 1000 <= 7300
-    assert dmc.memory_bytes() / 1000 <= 21400
-    assert atari.memory_bytes() / 1000 == 84 * 84 + 18 * 4 + 3 * 4 + 2 + 2 * 4 * 4  # 7174
+@pytest.mark.parametrize(
+    "obs_shape, history, action_dim, expected",
+    [((4, 84, 84), 4, 6, 7_126),  # Atari-Pong-v5: the README / docs/benchmarks.md figure
+     ((4, 84, 84), 4, 18, 7_174),  # an Atari game with the full 18-action set
+     ((9, 84, 84), 3, 1, 21_210),  # Dmc-visual-cartpole-balance: the README figure
+     ((9, 84, 84), 3, 6, 21_230)],  # Dmc-visual-cheetah-run
+)  # fmt: skip
+def test_memory_per_slot(obs_shape, history, action_dim, expected):
+    buffer = MRQReplayBuffer(capacity=1000, obs_shape=obs_shape, action_dim=action_dim, pixels=True, history=history)
+    frame = obs_shape[0] // history * 84 * 84  # one uint8 frame per slot, never the whole stack
+    # + float32 action, reward, not-done, priority; 2 bool masks; 2 int32 index rows of `history` slots
+    assert buffer.memory_bytes() / 1000 == frame + 4 * action_dim + 3 * 4 + 2 + 2 * 4 * history == expected
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -53,16 +53,16 @@ def schedule_run():
         trainer.fit(module, datamodule=data)
     finally:
         mp.undo()
-    return events, target_snapshots, module
+    return events, target_snapshots, module, data.buffer
 
 
 def test_no_updates_during_random_phase(schedule_run):
-    events, _, _ = schedule_run
+    events, *_ = schedule_run
     assert all(step > RANDOM_STEPS for _, step in events)
 
 
 def test_encoder_bursts_precede_rl_updates_1_6_11(schedule_run):
-    events, _, module = schedule_run
+    events, _, module, _ = schedule_run
     rl_updates = TOTAL_STEPS - RANDOM_STEPS
     assert module.rl_updates == rl_updates
     expected: list[str] = []
@@ -77,7 +77,7 @@ def test_encoder_bursts_precede_rl_updates_1_6_11(schedule_run):
 
 
 def test_targets_and_reward_scales_change_only_at_syncs(schedule_run):
-    events, snapshots, _ = schedule_run
+    events, snapshots, _, buffer = schedule_run
     sync_steps = {step for name, step in events if name == "sync_targets"}
     assert sync_steps == {RANDOM_STEPS + 1 + k * PERIOD for k in range(4)}
     for (prev_step, prev_target, prev_r, prev_rt), (step, target, r, rt) in zip(snapshots, snapshots[1:]):
@@ -85,6 +85,12 @@ def test_targets_and_reward_scales_change_only_at_syncs(schedule_run):
             continue
         assert torch.equal(prev_target, target), f"target critic changed at env step {step} without a sync"
         assert (prev_r, prev_rt) == (r, rt), f"reward scales changed at env step {step} without a sync"
-    # The first sync sets r̄' = 1 (the initial r̄) and r̄ = mean |r| of the buffer (Pendulum rewards are negative).
-    first = next(s for s in snapshots if s[0] == RANDOM_STEPS + 1)
-    assert first[3] == 1.0 and first[2] > 1e-8
+    # Each sync sets r̄' to the previous r̄ (1 at the first) and r̄ to the mean |r| of the transitions stored so far:
+    # Pendulum episodes last 200 steps, so after env step t the buffer holds exactly rewards 0 .. t - 1.
+    rewards = buffer.state_dict()["storage"]["tensors"]["reward"].double()
+    previous = 1.0
+    for step, _, r, rt in (s for s in snapshots if s[0] in sync_steps):
+        assert r == pytest.approx(rewards[:step].abs().mean().item(), rel=1e-6), f"r̄ at env step {step}"
+        assert rt == previous
+        previous = r
+    assert len({round(s[2], 6) for s in snapshots if s[0] in sync_steps}) == len(sync_steps)  # refreshed each time

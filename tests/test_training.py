@@ -29,25 +29,51 @@ def test_smoke_fit_writes_tensorboard_scalars_by_env_step(smoke_run):
     assert [step for step, _ in scalars["eval/return"]] == [0, 300, 600]
     # Training scalars start after the 100 random steps and are written every 50 env steps.
     assert [step for step, _ in scalars["loss/value"]] == list(range(150, 601, 50))
-    # A DMC episode is 500 agent steps with rewards in [0, 1]: the single training episode return is in [0, 500].
+    # A DMC episode is 500 agent steps; each sums 2 simulator rewards in [0, 1] (action repeat 2): returns in [0, 1000].
     (episode,) = scalars["train/episode_return"]
-    assert 0.0 <= episode[1] <= 500.0
-    assert all(0.0 <= v <= 500.0 for _, v in scalars["eval/return"])
+    assert 0.0 <= episode[1] <= 1000.0
+    assert all(0.0 <= v <= 1000.0 for _, v in scalars["eval/return"])
     # The resolved config is saved beside the logs.
     assert (Path(log_dir) / "config.yaml").exists()
 
 
+def _evaluate_in_process(checkpoint: dict | None) -> float:
+    """The first episode of a fresh Dmc-cartpole-balance eval env (seed 0 + 100) under the smoke model, with the
+    checkpoint's weights (or the untrained ones): what ``test`` must report."""
+    import torch
+
+    from mrq_lightning.envs import make_env
+    from mrq_lightning.evaluation import evaluate_policy
+    from mrq_lightning.training import MRQ
+
+    torch.manual_seed(0)
+    eval_env, info = make_env("Dmc-cartpole-balance", 100, evaluation=True)
+    model = MRQ(batch_size=32, zs_dim=64, za_dim=32, zsa_dim=64, hidden_dim=64, target_update_period=25,
+                log_every_n_env_steps=50)  # fmt: skip
+    model.configure_networks(info)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["state_dict"])
+    (episode_return,) = evaluate_policy(eval_env, model.acting_policy, episodes=1)
+    return episode_return
+
+
 @pytest.mark.slow
-def test_test_subcommand_evaluates_a_checkpoint(smoke_run):
-    ckpts = glob.glob(str(smoke_run / "logs" / "mrq" / "version_0" / "checkpoints" / "*.ckpt"))
-    assert ckpts, "fit saved no checkpoint"
+def test_test_subcommand_evaluates_the_checkpoint_weights(smoke_run):
+    import re
+
+    import torch
+
+    ckpt = smoke_run / "logs" / "mrq" / "version_0" / "checkpoints" / "last.ckpt"
     proc = _cli(
         ["test", "--config", f"{REPO}/configs/dmc.yaml", "--config", f"{REPO}/configs/smoke.yaml",
-         "--data.env", "Dmc-cartpole-balance", "--ckpt_path", ckpts[0]],
+         "--data.env", "Dmc-cartpole-balance", "--ckpt_path", str(ckpt)],
         smoke_run,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "test/return" in proc.stdout
+    reported = float(re.search(r"test/return\s+[│|]?\s*([-0-9.e+]+)", proc.stdout).group(1))
+    expected = _evaluate_in_process(torch.load(ckpt, weights_only=True))
+    assert reported == pytest.approx(expected, rel=1e-6)  # (a terminal's table rounds; a pipe gets every digit)
+    assert abs(_evaluate_in_process(None) - expected) > 1.0  # untrained weights would give another return
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: Path(p).name)
@@ -113,10 +139,21 @@ def test_out_of_range_option_gets_a_clear_error(tmp_path):
 
 
 def test_seed_everything_also_seeds_the_environments():
+    """``--seed_everything 3``: the training env starts as ``make_env(name, 3)`` does, the eval env as seed 103."""
+    import torch
+
+    from mrq_lightning.envs import make_env
     from mrq_lightning.training.cli import build_cli
 
-    cli = build_cli(["--config", CONFIGS[0], "--seed_everything", "3", "--trainer.logger", "false"], run=False)
-    assert cli.datamodule.seed == 3  # training env seed 3 (+1000 per DDP rank), eval env 103
+    gym_config = str(REPO / "configs" / "gym.yaml")
+    args = ["--config", gym_config, "--data.env", "Gym-Pendulum-v1", "--data.buffer_capacity", "1000"]
+    cli = build_cli([*args, "--seed_everything", "3", "--trainer.logger", "false"], run=False)
+    data = cli.datamodule
+    data.setup("fit")
+    first = {name: env.reset()["observation"] for name, env in (("train", data.env), ("eval", data.eval_env))}
+    assert torch.equal(first["train"], make_env("Gym-Pendulum-v1", 3)[0].reset()["observation"])
+    assert torch.equal(first["eval"], make_env("Gym-Pendulum-v1", 103, evaluation=True)[0].reset()["observation"])
+    assert not torch.equal(first["train"], make_env("Gym-Pendulum-v1", 0)[0].reset()["observation"])
 
 
 def test_optimizer_step_budgets_are_refused(tmp_path, monkeypatch, capsys):
