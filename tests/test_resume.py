@@ -73,22 +73,28 @@ def test_resumed_run_logs_from_the_saved_env_step(resumed):
     assert merged["loss/value"] == list(range(150, 801, 50))
 
 
-def test_resume_is_exact(resumed, uninterrupted):
-    """Parameters, targets, reward scales, optimizer states, counters, replay buffer, simulator state, current
-    observation and RNG states after 400 + 400 resumed steps equal those after 800 uninterrupted steps (which saved
-    no checkpoint before 800: checkpointing does not perturb the run)."""
-    straight = _load_checkpoint(uninterrupted / CKPT_DIR / "env_step=0000800.ckpt")
-    resumed_cwd = resumed[0]
+def _assert_same_at_800(straight_cwd: Path, resumed_cwd: Path) -> tuple[dict, dict, dict]:
+    """The env step 800 checkpoints of a straight and a resumed run hold the same networks, optimizer states, replay
+    buffer and rank state. The resumed run's first invocation also evaluated at its own budget end; evaluation uses
+    its own env and a forked RNG, so only the eval env's state may differ. Returns the straight run's checkpoint."""
+    straight = _load_checkpoint(straight_cwd / CKPT_DIR / "env_step=0000800.ckpt")
     again = _load_checkpoint(resumed_cwd / CKPT_DIR / "env_step=0000800.ckpt")
     assert again[0]["mrq"]["rl_updates"] == straight[0]["mrq"]["rl_updates"] == 700
     _assert_equal(straight[0]["state_dict"], again[0]["state_dict"], "state_dict")
     _assert_equal(straight[0]["optimizer_states"], again[0]["optimizer_states"], "optimizer_states")
     _assert_equal(straight[2], again[2], "replay buffer")
-    # The resumed run evaluated once more (at its old budget end, 400) than the uninterrupted one: evaluation uses
-    # its own env and a forked RNG, so only the eval env's state differs.
     skip = {"eval_env_state"}
     _assert_equal({k: v for k, v in straight[1].items() if k not in skip},
                   {k: v for k, v in again[1].items() if k not in skip}, "rank state")  # fmt: skip
+    return straight
+
+
+def test_resume_is_exact(resumed, uninterrupted):
+    """Parameters, targets, reward scales, optimizer states, counters, replay buffer, simulator state, current
+    observation and RNG states after 400 + 400 resumed steps equal those after 800 uninterrupted steps (which saved
+    no checkpoint before 800: checkpointing does not perturb the run)."""
+    resumed_cwd = resumed[0]
+    straight = _assert_same_at_800(uninterrupted, resumed_cwd)
     assert straight[1]["env_state"] is not None  # DMC physics state is restorable, not a fresh episode
     # keep_last=1: one env-step checkpoint (and sidecar) left, and last.ckpt is the same file.
     names = sorted(p.name for p in (resumed_cwd / CKPT_DIR).iterdir())
@@ -101,16 +107,7 @@ def test_resume_inside_the_random_phase_is_exact(tmp_path, uninterrupted):
     (from the restored RNG), then learning starts at the same env step as in one run."""
     run_ok([*BASE, "--data.total_steps", "50"], tmp_path)
     run_ok([*BASE, "--data.total_steps", "800", "--ckpt_path", "last"], tmp_path)
-    straight = _load_checkpoint(uninterrupted / CKPT_DIR / "env_step=0000800.ckpt")
-    again = _load_checkpoint(tmp_path / CKPT_DIR / "env_step=0000800.ckpt")
-    assert again[0]["mrq"]["rl_updates"] == straight[0]["mrq"]["rl_updates"] == 700
-    _assert_equal(straight[0]["state_dict"], again[0]["state_dict"], "state_dict")
-    _assert_equal(straight[0]["optimizer_states"], again[0]["optimizer_states"], "optimizer_states")
-    _assert_equal(straight[2], again[2], "replay buffer")
-    # The first invocation evaluated at its budget end (50) as well: only the eval env's state differs.
-    skip = {"eval_env_state"}
-    _assert_equal({k: v for k, v in straight[1].items() if k not in skip},
-                  {k: v for k, v in again[1].items() if k not in skip}, "rank state")  # fmt: skip
+    _assert_same_at_800(uninterrupted, tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
