@@ -104,6 +104,8 @@ class MRQUpdater:
         self.encoder_optimizer = _adamw(loss.encoder.parameters(), encoder_lr, weight_decay, fused)
         self.value_optimizer = _adamw(loss.critic.parameters(), value_lr, weight_decay, fused)
         self.policy_optimizer = _adamw(loss.policy.parameters(), policy_lr, weight_decay, fused)
+        # The clipped set (both critics), listed once rather than on every value step.
+        self._clipped_params = [p for group in self.value_optimizer.param_groups for p in group["params"]]
         self.backward = backward or _default_backward
         self.reduce_mean = reduce_mean
         self.rl_updates = 0
@@ -153,7 +155,7 @@ class MRQUpdater:
         batch = self._sample(buffer, hp.value_horizon, include_intermediate=False)
         t1 = time.perf_counter()
         value_loss, value_metrics = loss.value_loss(batch)
-        self._optimizer_step(self.value_optimizer, value_loss, clip=hp.value_grad_clip)
+        self._optimizer_step(self.value_optimizer, value_loss, clip=hp.value_grad_clip)  # the critics only
         policy_loss, policy_metrics = loss.actor_loss(batch)
         self._optimizer_step(self.policy_optimizer, policy_loss)
         buffer.update_priority(batch.get("index"), batch.get(loss.tensor_keys.priority))
@@ -191,11 +193,11 @@ class MRQUpdater:
         return batch if batch.device == device else batch.to(device, non_blocking=True)
 
     def _optimizer_step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, clip: float | None = None) -> None:
+        """zero_grad, backward, then (value step only: ``clip`` given) clip the critics' gradient norm, step."""
         optimizer.zero_grad(set_to_none=True)
         self.backward(loss)
         if clip is not None:
-            params = [p for group in optimizer.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, clip)
+            torch.nn.utils.clip_grad_norm_(self._clipped_params, clip)
         optimizer.step()
 
     # ------------------------------------------------------------------ state

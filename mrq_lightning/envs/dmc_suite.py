@@ -36,7 +36,7 @@ from mrq_lightning.third_party import dmc_step_counters, set_dmc_step_counters
 
 from .info import EnvInfo
 from .names import invalid_env_name
-from .state import _MUTABLE_MODEL_FIELDS, mujoco_state, numpy_rng_state, set_mujoco_state, set_numpy_rng_state
+from .state import MUTABLE_MODEL_FIELDS, mujoco_state, numpy_rng_state, set_mujoco_state, set_numpy_rng_state
 
 __all__ = ["DMC_TASKS", "DMCEnv", "DMCVisualEnv", "check_task", "camera_for"]
 
@@ -174,7 +174,7 @@ class DMCEnv(gym.Env):
         physics = self._raw.physics
         step_count, reset_next_step = dmc_step_counters(self._raw)
         return {
-            "mujoco": mujoco_state(physics.model.ptr, physics.data.ptr, model_fields=_MUTABLE_MODEL_FIELDS),
+            "mujoco": mujoco_state(physics.model.ptr, physics.data.ptr, model_fields=MUTABLE_MODEL_FIELDS),
             "task_random": numpy_rng_state(self._raw.task.random),
             "t": self._t,
             "step_count": step_count,

@@ -39,6 +39,7 @@ from mrq_lightning.third_party import (
 )
 
 __all__ = [
+    "MUTABLE_MODEL_FIELDS",
     "get_env_state",
     "gymnasium_state",
     "mujoco_state",
@@ -52,7 +53,7 @@ __all__ = [
 # MjModel fields that dm_control suite tasks modify in ``initialize_episode`` (reacher/fish/swimmer targets, finger
 # target site, swimmer light, point_mass wrap, quadruped escape terrain, ...). Restored with the data so that a
 # resumed episode sees the same targets.
-_MUTABLE_MODEL_FIELDS = (
+MUTABLE_MODEL_FIELDS = (
     "body_pos", "body_quat", "body_mass", "geom_pos", "geom_quat", "geom_size", "geom_rgba", "site_pos", "site_quat",
     "site_size", "site_rgba", "light_pos", "light_dir", "dof_damping", "wrap_prm", "mat_rgba", "hfield_data",
 )  # fmt: skip
