@@ -35,6 +35,7 @@ __all__ = [
     "set_collector_carrier",
     "set_dmc_step_counters",
     "torchrl_wrapped_env",
+    "trainer_cluster_environment",
     "wrapper_elapsed_steps",
 ]
 
@@ -182,3 +183,17 @@ def set_tensorboard_purge_step(logger, step: int) -> None:
     it, and has no public way to add one afterwards (lightning 2.6.6 ``lightning/fabric/loggers/tensorboard.py``).
     """
     logger._kwargs["purge_step"] = step
+
+
+# ------------------------------------------------------------------------------------ lightning 2.6.6 trainer
+def trainer_cluster_environment(trainer) -> Any | None:
+    """The trainer's ``ClusterEnvironment`` (SLURM, torchelastic, ...), also for single-device strategies.
+
+    Why private: only parallel strategies expose ``strategy.cluster_environment``; the trainer keeps the detected one
+    (with the user's ``plugins``, e.g. ``SLURMEnvironment(auto_requeue=False)``) in
+    ``Trainer._accelerator_connector.cluster_environment`` (lightning 2.6.6 ``trainer/connectors/accelerator_connector.py``).
+    """
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    if environment is None:
+        environment = getattr(getattr(trainer, "_accelerator_connector", None), "cluster_environment", None)
+    return environment

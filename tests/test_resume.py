@@ -217,6 +217,71 @@ def test_sigkill_during_a_checkpoint_write_leaves_no_corrupt_checkpoint(tmp_path
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Stop signals: checkpoint at the current env step, exit 128 + signal, resume exactly
+# ----------------------------------------------------------------------------------------------------------------
+def _signal_mid_run(cwd: Path, signum: int, env: dict | None = None) -> tuple[int, str, int]:
+    """Start an 800-step run, send ``signum`` twice (the second lands during or after the save) once its env-step
+    200 checkpoint exists; return (exit code, output, env step of the checkpoint the signal wrote)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mrq_lightning", *BASE, "--data.total_steps", "800", "--checkpoint.every_n_env_steps",
+         "200"], cwd=cwd, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    first = cwd / CKPT_DIR / "env_step=0000200.ckpt"
+    deadline = time.monotonic() + 600
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[0][-3000:]
+    proc.send_signal(signum)
+    time.sleep(0.02)
+    proc.send_signal(signum)
+    out = proc.communicate(timeout=600)[0]
+    saved = [int(m.group(1)) for p in (cwd / CKPT_DIR).iterdir() if (m := re.match(r"env_step=(\d+)\.ckpt$", p.name))]
+    assert len(saved) == 1, saved
+    return proc.returncode, out, saved[0]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_stop_signal_saves_the_current_env_step_and_resumes_exactly(signum, tmp_path, uninterrupted):
+    code, out, saved = _signal_mid_run(tmp_path, signum)
+    assert code == 128 + signum, out[-3000:]  # 143 / 130: a scheduler sees an interrupted run, not a success
+    assert 200 < saved < 800, out[-3000:]
+    assert f"received {signum.name}" in out
+    assert f"MR.Q stopped by {signum.name} at env step {saved}: checkpoint" in out
+    assert "Traceback" not in out
+    resumed = run_ok([*BASE, "--data.total_steps", "800", "--ckpt_path", "last"], tmp_path)
+    assert f"resumes at env step {saved} " in resumed.stderr + resumed.stdout
+    _assert_same_at_800(uninterrupted, tmp_path)
+
+
+def test_slurm_requeue_signal_saves_requeues_and_the_requeued_job_resumes(tmp_path, uninterrupted):
+    """Lightning's SLURM auto-requeue protocol with a fake ``scontrol`` on PATH: SIGUSR1 saves and asks for a
+    requeue; the requeued job (same job id, same command, no --ckpt_path) resumes that run exactly."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol_calls.txt"
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> "{calls}"\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    slurm = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1", "SLURM_JOB_NAME": "mrq", "SLURM_PROCID": "0",
+             "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}  # fmt: skip
+    env = cli_env(threads=1, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", **slurm)
+    code, out, saved = _signal_mid_run(tmp_path, signal.SIGUSR1, env)
+    assert code == 128 + signal.SIGUSR1, out[-3000:]
+    assert calls.read_text().split() == ["requeue", "4242"]
+    assert "SLURM requeue requested" in out
+    requeued = subprocess.run(
+        [sys.executable, "-m", "mrq_lightning", *BASE, "--data.total_steps", "800"],
+        cwd=tmp_path, env={**env, "SLURM_RESTART_COUNT": "1"}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    log_text = requeued.stdout + requeued.stderr
+    assert requeued.returncode == 0, log_text[-3000:]
+    assert "SLURM job 4242 was requeued: resuming run" in log_text
+    assert f"resumes at env step {saved} " in log_text
+    _assert_same_at_800(uninterrupted, tmp_path)
+    # The requeued job continued in its run directory (no second version).
+    assert sorted(p.name for p in (tmp_path / "logs" / "mrq").iterdir()) == ["version_0"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Unusable checkpoints: a CheckpointError that names the file and the fix, exit code 2, no traceback
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")

@@ -22,10 +22,18 @@ the same way, and only then deletes checkpoints beyond ``keep_last``. A crash at
 complete and beside a complete sidecar; leftovers (hidden ``.*.tmp*`` files, sidecars without a ``.ckpt``) are
 removed by the next save.
 
+When: every ``every_n_env_steps`` env steps, every ``every_n_minutes`` of wall-clock time (whichever comes first;
+on CPU a 100k-step cadence can mean days), when the budget is reached, and when a stop signal arrives
+(``training/signals.py``: the checkpoint is written at the current env step, then the process exits with
+``128 + signal``). Under DDP the ranks agree on every save (a signal or a timer on any rank saves on all ranks).
+
 Resume (``--ckpt_path last``): the newest ``last.ckpt`` among the runs under ``<save_dir>/<name>/`` whose
-``mrq_run.json`` has the same env and seed; the resumed run continues in that run directory (same TensorBoard
-version, events past the checkpoint's env step are purged). A fresh ``fit`` always gets a new version directory,
-so it never touches an earlier run's checkpoints.
+``mrq_run.json`` records the same configuration (env, seed, model hyperparameters, data settings, precision and
+number of ranks; the budget and evaluation settings may differ); runs of the same env and seed with another
+configuration are listed with their differences and skipped. The resumed run continues in that run directory (same
+TensorBoard version, events past the checkpoint's env step are purged). A fresh ``fit`` always gets a new version
+directory, so it never touches an earlier run's checkpoints. Under SLURM a requeued job (same job id) resumes its
+own run without ``--ckpt_path``.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -47,8 +56,9 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from mrq_lightning import third_party
 from mrq_lightning.atomic_io import atomic_torch_save, fsync_directory
-from mrq_lightning.errors import CheckpointError, MRQUserError
-from mrq_lightning.training.resume import CKPT_FORMAT
+from mrq_lightning.errors import CheckpointError, ConfigurationError, MRQUserError
+from mrq_lightning.training.resume import CKPT_FORMAT, RESUME_FREE_HPARAMS
+from mrq_lightning.training.signals import STOP_SIGNALS, SignalLatch, request_requeue, signal_name, slurm_job_id
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +87,61 @@ def _atomic_link_or_copy(src: Path, dst: Path) -> None:
             os.fsync(handle.fileno())
     os.replace(tmp, dst)
     fsync_directory(dst.parent)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
+
+
+def check_writable_directory(path, option: str) -> None:
+    """Refuse at configuration time a directory that cannot be created or written (not hours later, at a save)."""
+    directory = Path(path).expanduser().absolute()
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigurationError(
+            f"{option} {path} is not writable ({existing} is not a writable directory). Fix: choose a directory you "
+            "can write to."
+        )
+
+
+def _tree_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def _slurm_requeue_signals(trainer) -> tuple[int, ...]:
+    """The signal SLURM's auto-requeue is bound to (Lightning's ``SLURMEnvironment``), when running under it."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    environment = third_party.trainer_cluster_environment(trainer)
+    if isinstance(environment, SLURMEnvironment) and environment.auto_requeue and environment.requeue_signal:
+        return (int(environment.requeue_signal),)
+    return ()
+
+
+def _agree_across_ranks(trainer, by_time: bool, signum: int | None) -> tuple[bool, int | None]:
+    """DDP: every rank saves and stops together (the timer or a signal on any rank counts for all)."""
+    import torch.distributed as dist
+
+    flags = torch.tensor([int(by_time), int(signum or 0)], dtype=torch.int64, device=trainer.strategy.root_device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    by_time_all, signum_all = flags.tolist()
+    return bool(by_time_all), (int(signum_all) or None)
 
 
 def missing_checkpoint_error(path) -> CheckpointError:
@@ -143,34 +208,57 @@ class MRQCheckpoint(ModelCheckpoint):
         dirpath: checkpoint directory. Default: ``<save_dir>/<name>/<version>/checkpoints`` of the first logger (a new
             version per fresh run), else ``<default_root_dir>/checkpoints``. An explicit directory that already
             holds checkpoints is refused by a fresh (non-resume) fit, so an old run is never overwritten.
-        every_n_env_steps: cadence in env steps (per rank); 0 = only at the end of fit.
+        every_n_env_steps: cadence in env steps (per rank); 0 = none.
+        every_n_minutes: cadence in wall-clock minutes since the last save (or the start); 0 = none. Whichever
+            cadence comes first saves.
         keep_last: number of ``env_step=*`` checkpoints (with their replay sidecars) to keep; -1 keeps all. The
             sidecar holds the whole replay buffer (about 7 GB for Atari), so the default keeps one.
         save_at_end: also checkpoint when the env-step budget is reached.
+        save_on_signal: on SIGTERM / SIGINT / SIGUSR1 (and SLURM's requeue signal), checkpoint at the current env
+            step and stop with exit code ``128 + signal`` (``training/signals.py``).
     """
 
     def __init__(
         self,
         dirpath: str | None = None,
         every_n_env_steps: int = 100_000,
+        every_n_minutes: float = 30.0,
         keep_last: int = 1,
         save_at_end: bool = True,
+        save_on_signal: bool = True,
     ) -> None:
-        if every_n_env_steps < 0 or keep_last == 0 or keep_last < -1:
-            raise MRQUserError(
-                f"checkpoint.every_n_env_steps must be >= 0 and checkpoint.keep_last >= 1 or -1 (all); got "
-                f"every_n_env_steps={every_n_env_steps}, keep_last={keep_last}"
+        bad = [
+            f"checkpoint.{name}={value!r} must be {rule}"
+            for name, value, ok, rule in (
+                ("every_n_env_steps", every_n_env_steps, _is_int(every_n_env_steps) and every_n_env_steps >= 0,
+                 "an integer >= 0 (0 = no step cadence)"),
+                ("every_n_minutes", every_n_minutes, _is_number(every_n_minutes) and every_n_minutes >= 0,
+                 "a number >= 0 (0 = no time cadence)"),
+                ("keep_last", keep_last, _is_int(keep_last) and (keep_last >= 1 or keep_last == -1),
+                 "an integer >= 1, or -1 to keep all"),
             )
+            if not ok
+        ]  # fmt: skip
+        if bad:
+            raise ConfigurationError("; ".join(bad))
+        if dirpath is not None:
+            check_writable_directory(dirpath, "--checkpoint.dirpath")
         # save_top_k=0: Lightning's top-k machinery (and its "directory not empty" warning) is not used.
         super().__init__(
             dirpath=dirpath, save_top_k=0, every_n_train_steps=0, every_n_epochs=0, save_on_train_epoch_end=False
         )
         self._user_dirpath = dirpath
         self.every_n_env_steps = int(every_n_env_steps)
+        self.every_n_minutes = float(every_n_minutes)
         self.keep_last = int(keep_last)
         self.save_at_end = bool(save_at_end)
+        self.save_on_signal = bool(save_on_signal)
         self._last_saved_step = -1
+        self._last_save_time = time.monotonic()
         self.last_save_seconds = 0.0
+        self.last_save_bytes = 0
+        self.signals: SignalLatch | None = None
+        self.stopped_by_signal: int | None = None  # the signal that stopped the fit (the CLI exits 128 + it)
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -184,6 +272,13 @@ class MRQCheckpoint(ModelCheckpoint):
     def on_train_start(self, trainer, pl_module) -> None:
         super().on_train_start(trainer, pl_module)
         self._last_saved_step = pl_module.env_steps if trainer.ckpt_path else -1
+        self._last_save_time = time.monotonic()
+        if self.save_on_signal:
+            # Installed last, over Lightning's own SIGTERM handler (which would end the fit with exit code 0).
+            self.signals = SignalLatch(STOP_SIGNALS + _slurm_requeue_signals(trainer), rank=trainer.global_rank)
+            if trainer.received_sigterm:  # arrived between Lightning's handler registration and now
+                self.signals.trip(signal.SIGTERM)
+            self.signals.install()
         directory = Path(self.dirpath)
         if not trainer.ckpt_path and any(self._step_checkpoints(directory)):
             # Only reachable with a fixed directory (explicit dirpath or no logger): logger versions are fresh.
@@ -194,11 +289,29 @@ class MRQCheckpoint(ModelCheckpoint):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         step = pl_module.env_steps
-        if step == self._last_saved_step:
-            return
-        due = self.every_n_env_steps > 0 and step % self.every_n_env_steps == 0
-        if due or (self.save_at_end and step >= trainer.datamodule.total_steps):
+        by_time = self.every_n_minutes > 0 and time.monotonic() - self._last_save_time >= 60 * self.every_n_minutes
+        signum = self.signals.received if self.signals is not None else None
+        if trainer.world_size > 1:
+            by_time, signum = _agree_across_ranks(trainer, by_time, signum)
+        by_steps = self.every_n_env_steps > 0 and step % self.every_n_env_steps == 0
+        at_end = self.save_at_end and step >= trainer.datamodule.total_steps
+        if step != self._last_saved_step and (by_steps or by_time or at_end or signum):
             self.save(trainer, pl_module)
+        if signum:
+            self._stop_for_signal(trainer, pl_module, signum)
+
+    def _stop_for_signal(self, trainer, pl_module, signum: int) -> None:
+        self.stopped_by_signal = signum
+        trainer.should_stop = True
+        requeued = False
+        if signum in _slurm_requeue_signals(trainer) and trainer.is_global_zero:
+            job = slurm_job_id()
+            requeued = job is not None and request_requeue(job)
+        rank_zero_info(
+            f"MR.Q stopped by {signal_name(signum)} at env step {pl_module.env_steps}: checkpoint {self.last_model_path}"
+            + (" (SLURM requeue requested: the requeued job resumes it)" if requeued else
+               ". Resume: the same command with --ckpt_path last")
+        )  # fmt: skip
 
     # ModelCheckpoint's epoch / validation / exception / train-end triggers are replaced by the env-step ones.
     def on_train_epoch_end(self, trainer, pl_module) -> None:
@@ -208,10 +321,19 @@ class MRQCheckpoint(ModelCheckpoint):
         pass
 
     def on_exception(self, trainer, pl_module, exception) -> None:
-        pass
+        self._restore_signal_handlers()
 
     def on_train_end(self, trainer, pl_module) -> None:
-        pass
+        self._restore_signal_handlers()
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._restore_signal_handlers()
+
+    def _restore_signal_handlers(self) -> None:
+        if self.signals is not None:
+            self.signals.restore()
+            if self.stopped_by_signal is None and self.signals.received is not None:
+                self.stopped_by_signal = self.signals.received  # arrived during the final save: still exit 128 + n
 
     def state_dict(self) -> dict[str, Any]:
         return {"dirpath": self.dirpath, "last_model_path": self.last_model_path}
@@ -257,10 +379,16 @@ class MRQCheckpoint(ModelCheckpoint):
             self._prune(directory, keep=ckpt)
         strategy.barrier("mrq_checkpoint_done")
         self._last_saved_step = step
+        self._last_save_time = time.monotonic()
         self.last_model_path = str(ckpt)
         self.best_model_path = str(ckpt)
         self.last_save_seconds = time.perf_counter() - t0
-        rank_zero_info(f"MR.Q checkpoint at env step {step}: {ckpt} ({self.last_save_seconds:.1f} s)")
+        if trainer.is_global_zero:
+            self.last_save_bytes = _tree_bytes(ckpt) + _tree_bytes(sidecar)
+            rank_zero_info(
+                f"MR.Q checkpoint at env step {step}: {ckpt} ({_human_bytes(self.last_save_bytes)} with the replay "
+                f"sidecar, {self.last_save_seconds:.1f} s)"
+            )
         return ckpt
 
     @staticmethod
@@ -279,11 +407,20 @@ class MRQCheckpoint(ModelCheckpoint):
                 f"(digest prefixes {every}); gradients are not being averaged as expected."
             )
 
+    @staticmethod
+    def run_config(trainer, module=None, datamodule=None) -> dict[str, Any]:
+        """What a run must share with a checkpoint to resume it (written to ``mrq_run.json``, compared by
+        ``--ckpt_path last``): env, seed, model hyperparameters, data settings, precision and number of ranks.
+        ``module`` / ``datamodule``: before ``fit`` attaches them, the ones it will train."""
+        module = module or trainer.lightning_module
+        datamodule = datamodule or trainer.datamodule
+        model = {k: v for k, v in sorted(module.hparams.items()) if k not in RESUME_FREE_HPARAMS and not k.startswith("_")}
+        return {"env": datamodule.env_name, "seed": datamodule.seed, "world_size": trainer.world_size,
+                "precision": str(trainer.precision), "model": model, "data": datamodule.resume_config()}  # fmt: skip
+
     def _write_run_file(self, directory: Path, trainer) -> None:
         path = directory / RUN_FILE
-        datamodule = trainer.datamodule
-        info = {"format": CKPT_FORMAT, "env": datamodule.env_name, "seed": datamodule.seed,
-                "world_size": trainer.world_size}  # fmt: skip
+        info = json.loads(json.dumps({"format": CKPT_FORMAT, **self.run_config(trainer), "slurm_job_id": slurm_job_id()}))
         if path.is_file():
             try:
                 if json.loads(path.read_text()) == info:
@@ -331,33 +468,70 @@ class MRQCheckpoint(ModelCheckpoint):
                 return sorted(p / "checkpoints" for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
         return [Path(trainer.default_root_dir) / "checkpoints"]
 
-    def find_last(self, trainer) -> Path | None:
-        """The newest ``last.ckpt`` of a run with this env and seed (see the module docstring), or ``None``."""
-        datamodule = trainer.datamodule
-        best: tuple[float, Path] | None = None
-        others = []
+    def _saved_runs(self, trainer) -> list[tuple[Path, dict | None]]:
+        """(``last.ckpt``, its run file or ``None``) of every run this callback can resume."""
+        runs = []
         for directory in self._candidate_dirs(trainer):
-            last = directory / LAST
-            if not last.is_file():
-                continue
-            try:
-                info = json.loads((directory / RUN_FILE).read_text())
-            except (OSError, ValueError):
-                info = None
-            if info is not None and (info.get("env"), info.get("seed")) != (datamodule.env_name, datamodule.seed):
-                others.append(f"{directory.parent.name}: {info.get('env')} seed {info.get('seed')}")
-                continue
-            mtime = last.stat().st_mtime
-            if best is None or mtime > best[0]:
-                best = (mtime, last)
+            if (directory / LAST).is_file():
+                try:
+                    info = json.loads((directory / RUN_FILE).read_text())
+                except (OSError, ValueError):
+                    info = None
+                runs.append((directory / LAST, info if isinstance(info, dict) else None))
+        return runs
+
+    def _config_differences(self, mine: dict, info: dict | None) -> list[str]:
+        """How a saved run's configuration differs from ``mine`` (empty: it can be resumed)."""
+        if info is None:
+            return []  # no run file (written before the first checkpoint of a run): the checkpoint checks itself
+        mine = json.loads(json.dumps(mine))
+        diffs = []
+        for key, value in mine.items():
+            saved = info.get(key, value)  # a run file of an older version compares on what it has
+            if isinstance(value, dict) and isinstance(saved, dict):
+                diffs += [f"{key}.{k}: {saved.get(k)!r} there, {v!r} here" for k, v in value.items() if saved.get(k, v) != v]
+            elif saved != value:
+                diffs.append(f"{key}: {saved!r} there, {value!r} here")
+        return diffs
+
+    def _newest_matching(self, mine: dict, runs) -> tuple[Path | None, list[str]]:
+        best, skipped = None, []
+        for last, info in runs:
+            diffs = self._config_differences(mine, info)
+            if diffs:
+                skipped.append(f"{last.parent.parent.name} ({'; '.join(diffs[:3])}{' ...' if len(diffs) > 3 else ''})")
+            elif best is None or last.stat().st_mtime > best.stat().st_mtime:
+                best = last
+        return best, skipped
+
+    def find_last(self, trainer) -> Path | None:
+        """The newest ``last.ckpt`` of a run with this configuration (see the module docstring), or ``None``."""
+        datamodule = trainer.datamodule
+        best, skipped = self._newest_matching(self.run_config(trainer), self._saved_runs(trainer))
         if best is None:
             rank_zero_warn(
-                f"--ckpt_path last: no earlier run of {datamodule.env_name} with seed {datamodule.seed} found"
-                + (f" (runs of other configurations: {', '.join(others)})" if others else "")
-                + "; starting a fresh run."
+                f"--ckpt_path last: no earlier run of {datamodule.env_name} with seed {datamodule.seed} and this "
+                "configuration found" + (f" (skipped: {', '.join(skipped)})" if skipped else "") + "; starting a fresh run."
             )
             return None
-        return best[1]
+        steps = self._step_checkpoints(best.parent)
+        rank_zero_info(
+            f"--ckpt_path last: resuming run {best.parent.parent}"
+            + (f" from env step {steps[-1][0]}" if steps else "")
+            + (f" (skipped runs of other configurations: {', '.join(skipped)})" if skipped else "")
+        )
+        return best
+
+    def find_requeued(self, trainer, job_id: str, module, datamodule) -> Path | None:
+        """SLURM: the ``last.ckpt`` of this configuration's run that job ``job_id`` saved before being requeued
+        (called before ``fit``: ``module`` and ``datamodule`` are the ones it will train)."""
+        runs = [(last, info) for last, info in self._saved_runs(trainer) if info and info.get("slurm_job_id") == job_id]
+        best, skipped = self._newest_matching(self.run_config(trainer, module, datamodule), runs)
+        if skipped:
+            rank_zero_warn(f"SLURM job {job_id} was requeued, but its runs have another configuration: {', '.join(skipped)}")
+        if best is not None:
+            rank_zero_info(f"SLURM job {job_id} was requeued: resuming run {best.parent.parent}")
+        return best
 
     def continue_run_of(self, trainer, ckpt_path: str | os.PathLike) -> None:
         """Log into the run directory of ``ckpt_path`` when it lies in this logger's tree (fit only)."""

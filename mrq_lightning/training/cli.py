@@ -8,13 +8,16 @@ import sys
 import warnings
 from pathlib import Path
 
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.cli import LightningCLI
 
+from mrq_lightning import third_party
 from mrq_lightning.errors import CheckpointError, MRQUserError
 from mrq_lightning.training.callbacks import EnvStepProgressBar
 from mrq_lightning.training.checkpoint import MRQCheckpoint, missing_checkpoint_error
 from mrq_lightning.training.datamodule import MRQDataModule
 from mrq_lightning.training.module import MRQ
+from mrq_lightning.training.signals import slurm_job_id
 
 _CKPT_KEYWORDS = ("last", "best", "hpc", "registry")  # --ckpt_path values Lightning resolves itself (not files)
 
@@ -86,11 +89,29 @@ class MRQLightningCLI(LightningCLI):
     def before_fit(self) -> None:
         # `--ckpt_path <file>` inside this logger's tree: keep logging into that run's directory (`last` is
         # resolved by MRQCheckpoint itself, before the logger picks a version).
-        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
+        checkpoint = self._mrq_checkpoint()
+        if checkpoint is None:
+            return
+        config = self.config_init[self.subcommand]
+        ckpt_path = config.get("ckpt_path")
+        job = slurm_job_id() if _under_slurm_auto_requeue(self.trainer) else None
+        if not ckpt_path and job is not None:
+            # A requeued SLURM job runs its command again, unchanged: it resumes the run it saved (training/signals.py).
+            requeued = checkpoint.find_requeued(self.trainer, job, self.model, self.datamodule)
+            if requeued is not None:
+                config["ckpt_path"] = ckpt_path = str(requeued)
         if ckpt_path and str(ckpt_path) not in _CKPT_KEYWORDS:
-            for callback in self.trainer.checkpoint_callbacks:
-                if isinstance(callback, MRQCheckpoint):
-                    callback.continue_run_of(self.trainer, ckpt_path)
+            checkpoint.continue_run_of(self.trainer, ckpt_path)
+
+    def _mrq_checkpoint(self) -> MRQCheckpoint | None:
+        return next((c for c in self.trainer.checkpoint_callbacks if isinstance(c, MRQCheckpoint)), None)
+
+    @property
+    def exit_code(self) -> int:
+        """``128 + signal`` when a stop signal ended the run (after its checkpoint), else 0."""
+        checkpoint = self._mrq_checkpoint() if getattr(self, "trainer", None) is not None else None
+        signum = checkpoint.stopped_by_signal if checkpoint is not None else None
+        return 128 + signum if signum else 0
 
 
 class _DropTips(logging.Filter):
@@ -140,9 +161,16 @@ def _user_error(err: BaseException) -> MRQUserError | None:
     return None
 
 
+def _under_slurm_auto_requeue(trainer) -> bool:
+    environment = third_party.trainer_cluster_environment(trainer)
+    return isinstance(environment, SLURMEnvironment) and environment.auto_requeue
+
+
 def main(args=None) -> None:
     try:
-        build_cli(args)
+        cli = build_cli(args)
+        if cli.exit_code:
+            sys.exit(cli.exit_code)  # stopped by a signal after a checkpoint: a scheduler must not see success
     except Exception as err:
         user_error = _user_error(err)
         if user_error is None:
