@@ -281,6 +281,17 @@ def test_slurm_requeue_signal_saves_requeues_and_the_requeued_job_resumes(tmp_pa
     assert sorted(p.name for p in (tmp_path / "logs" / "mrq").iterdir()) == ["version_0"]
 
 
+def test_wall_clock_cadence_saves_between_step_cadences(tmp_path):
+    """--checkpoint.every_n_minutes saves on time alone (every_n_env_steps 0); each save logs its size and time."""
+    done = run_ok([*BASE, "--data.total_steps", "150", "--data.eval_episodes", "0", "--checkpoint.every_n_env_steps",
+                   "0", "--checkpoint.every_n_minutes", "0.002", "--checkpoint.keep_last", "-1"], tmp_path)  # fmt: skip
+    steps = sorted(int(p.name[9:16]) for p in (tmp_path / CKPT_DIR).glob("env_step=*.ckpt"))
+    assert len(steps) >= 3 and steps[-1] == 150, steps  # timed saves in between, and the one at the end
+    logged = re.findall(r"MR.Q checkpoint at env step (\d+): \S+ \(([\d.]+) (KB|MB) with the replay sidecar, ([\d.]+) s\)",
+                        done.stdout + done.stderr)  # fmt: skip
+    assert [int(step) for step, *_ in logged] == steps
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Unusable checkpoints: a CheckpointError that names the file and the fix, exit code 2, no traceback
 # ----------------------------------------------------------------------------------------------------------------
@@ -330,13 +341,25 @@ def test_mismatched_checkpoint_gets_a_clear_error(override, message, tmp_path, s
     assert message in err and str(saved_checkpoint) in err and "Fix:" in err
 
 
-def test_resuming_last_with_another_model_config_gets_a_clear_error(tmp_path, resumed, monkeypatch, capsys):
-    # (With an explicit checkpoint file LightningCLI takes the model hyperparameters from the file; `last` does not.)
+@pytest.mark.parametrize(
+    "override, difference",
+    [(["--model.hidden_dim", "32"], "model.hidden_dim: 64 there, 32 here"),
+     (["--trainer.precision", "bf16-mixed"], "precision: '32-true' there, 'bf16-mixed' here")],
+    ids=["hidden_dim", "precision"],
+)  # fmt: skip
+def test_last_skips_runs_of_another_configuration(override, difference, tmp_path, resumed, monkeypatch, recwarn):
+    """`--ckpt_path last` resumes only a run with the same configuration (a bf16 run is not continued in fp32, nor
+    the reverse); the others are named with their differences, and a fresh run starts beside them."""
+    from mrq_lightning.training.cli import main
+
     shutil.copytree(resumed[0] / "logs", tmp_path / "logs")
-    err = _fit_in_process([*BASE, "--data.total_steps", "900", "--model.hidden_dim", "32", "--ckpt_path", "last"],
-                          tmp_path, monkeypatch, capsys)  # fmt: skip
-    assert "different model configuration (model.hidden_dim: checkpoint 64, now 32" in err
-    assert "logs/mrq/version_0/checkpoints/last.ckpt" in err and "Fix:" in err
+    before = (tmp_path / CKPT_DIR / "last.ckpt").read_bytes()
+    monkeypatch.chdir(tmp_path)
+    main([*BASE, *override, "--data.total_steps", "5", "--data.eval_episodes", "0", "--ckpt_path", "last"])
+    warned = " ".join(str(w.message) for w in recwarn)
+    assert f"skipped: version_0 ({difference}" in warned and "starting a fresh run" in warned
+    assert sorted(p.name for p in (tmp_path / "logs" / "mrq").iterdir()) == ["version_0", "version_1"]
+    assert (tmp_path / CKPT_DIR / "last.ckpt").read_bytes() == before
 
 
 def test_checkpoint_without_its_sidecar_gets_a_clear_error(tmp_path, saved_checkpoint, monkeypatch, capsys):

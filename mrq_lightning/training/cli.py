@@ -130,6 +130,7 @@ def _quiet_framework_noise() -> None:
         ".*smaller than the logging interval.*",
         ".*isinstance\\(treespec, LeafSpec\\).*",
         ".*does not have many workers.*",
+        ".*there is no last checkpoint available.*",  # MRQCheckpoint.find_last has said why, in MR.Q's terms
     ):
         warnings.filterwarnings("ignore", message=pattern)
 
