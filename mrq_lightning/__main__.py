@@ -1,6 +1,16 @@
 """``python -m mrq_lightning fit --config configs/gym.yaml``."""
 
-from mrq_lightning.training.cli import main
+import sys
+
+from mrq_lightning.errors import MRQUserError
+from mrq_lightning.rendering import check_mujoco_gl
 
 if __name__ == "__main__":
+    try:
+        check_mujoco_gl()  # before the CLI's imports can load MuJoCo (which fails with a traceback)
+    except MRQUserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    from mrq_lightning.training.cli import main
+
     main()

@@ -123,7 +123,7 @@ class UpdateHParams(_Group):
     policy_lr: float = 3e-4
     weight_decay: float = 1e-4
     value_grad_clip: float = 20.0
-    _positive = ("value_grad_clip",)
+    _positive = ("value_grad_clip", "encoder_lr", "value_lr", "policy_lr")
 
 
 @dataclass(frozen=True)

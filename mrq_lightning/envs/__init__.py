@@ -8,11 +8,11 @@ factories), one module per suite (``gym_suite``, ``dmc_suite``, ``atari_suite``)
 save/restore). Imports go one way: registry -> suites -> names/info/state; nothing imports the registry back.
 """
 
-import os as _os
+from mrq_lightning.rendering import check_mujoco_gl as _check_mujoco_gl
 
 # MuJoCo / dm_control pick their GL backend when first imported; default to headless EGL before anything
-# in this package can import them (an explicit MUJOCO_GL from the user wins).
-_os.environ.setdefault("MUJOCO_GL", "egl")
+# in this package can import them (an explicit MUJOCO_GL from the user wins; an invalid one is refused).
+_check_mujoco_gl()
 
 from .info import EnvInfo  # noqa: E402
 from .names import VALID_FORMS, ParsedName, parse_env_name  # noqa: E402

@@ -98,16 +98,30 @@ def _is_number(value) -> bool:
 
 
 def check_writable_directory(path, option: str) -> None:
-    """Refuse at configuration time a directory that cannot be created or written (not hours later, at a save)."""
+    """Refuse at configuration time a directory that cannot be created or written (not hours later, at a save).
+    Creates it (and a probe file) to find out, then removes whatever it created."""
     directory = Path(path).expanduser().absolute()
+    missing = []
     existing = directory
     while not existing.exists() and existing != existing.parent:
+        missing.append(existing)
         existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".mrq_write_probe.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
         raise ConfigurationError(
-            f"{option} {path} is not writable ({existing} is not a writable directory). Fix: choose a directory you "
-            "can write to."
-        )
+            f"{option} {path} is not a writable directory ({err.strerror or err}). Fix: choose a directory you can "
+            "write to."
+        ) from err
+    finally:
+        for created in missing:  # deepest first
+            try:
+                created.rmdir()
+            except OSError:
+                pass
 
 
 def _tree_bytes(path: Path) -> int:
@@ -534,7 +548,7 @@ class MRQCheckpoint(ModelCheckpoint):
         return best
 
     def continue_run_of(self, trainer, ckpt_path: str | os.PathLike) -> None:
-        """Log into the run directory of ``ckpt_path`` when it lies in this logger's tree (fit only)."""
+        """Log into the run directory of ``ckpt_path`` when it lies in this logger's tree (fit and test)."""
         if self._user_dirpath is not None or not trainer.loggers:
             return
         logger = trainer.loggers[0]
@@ -552,6 +566,6 @@ class MRQCheckpoint(ModelCheckpoint):
         last = self.find_last(trainer)
         if last is None:
             return set()
-        if trainer.state.fn == "fit":
+        if trainer.state.fn in ("fit", "test"):  # test logs into the run it evaluates
             self.continue_run_of(trainer, last)
         return {str(last)}

@@ -1,20 +1,28 @@
-"""``python -m mrq_lightning {fit,test,validate} --config configs/<benchmark>.yaml``: LightningCLI entry point."""
+"""``python -m mrq_lightning {fit,test} --config configs/<benchmark>.yaml``: LightningCLI entry point.
+
+Before any work starts, everything a user can get wrong is refused with one line naming the fix (exit code 2):
+a misspelled option (with a did-you-mean), a wrong type, an out-of-range value (the classes validate their own
+arguments), a negative seed, an unwritable output directory, an invalid ``MUJOCO_GL``, ``test`` without a
+checkpoint. A start refused after the logger made its run directory leaves no empty ``version_<k>`` behind.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
+import shutil
 import sys
 import warnings
 from pathlib import Path
 
 from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from mrq_lightning import third_party
-from mrq_lightning.errors import CheckpointError, MRQUserError
+from mrq_lightning.errors import CheckpointError, ConfigurationError, MRQUserError
+from mrq_lightning.rendering import check_mujoco_gl
 from mrq_lightning.training.callbacks import EnvStepProgressBar
-from mrq_lightning.training.checkpoint import MRQCheckpoint, missing_checkpoint_error
+from mrq_lightning.training.checkpoint import MRQCheckpoint, check_writable_directory, missing_checkpoint_error
+from mrq_lightning.training.cli_messages import HELP_ALL, one_line_error, option_groups, short_help
 from mrq_lightning.training.datamodule import MRQDataModule
 from mrq_lightning.training.module import MRQ
 from mrq_lightning.training.signals import slurm_job_id
@@ -22,6 +30,12 @@ from mrq_lightning.training.signals import slurm_job_id
 _CKPT_KEYWORDS = ("last", "best", "hpc", "registry")  # --ckpt_path values Lightning resolves itself (not files)
 
 __all__ = ["MRQLightningCLI", "main"]
+
+CONFIGURABLE = {"model": MRQ, "data": MRQDataModule, "checkpoint": MRQCheckpoint, "progress_bar": EnvStepProgressBar}
+TOP_LEVEL_KEYS = ("config", "seed_everything", "ckpt_path", "print_config", "weights_only")
+PRESETS = ("gym", "dmc", "dmc_visual", "atari", "quickstart", "smoke")
+_SEED_MAX = 2**32 - 1  # numpy's seed range
+_runs_started: list[tuple[Path, set[str]]] = []  # (logger root, run directories that existed before this start)
 
 TRAINER_DEFAULTS = {
     # One epoch = the whole env-step budget (MRQUpdater steps its optimizers itself: global_step stays 0, unused).
@@ -44,8 +58,56 @@ def _env_seed(seed_everything) -> int:
     return int(seed_everything)
 
 
+class MRQArgumentParser(LightningArgumentParser):
+    """Parse errors in one line, with a did-you-mean for misspelled options (``cli_messages.py``)."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:
+            return super().error(message, ex)
+        from lightning.pytorch import Trainer
+
+        groups = {**option_groups(CONFIGURABLE), **option_groups({"trainer": Trainer})}
+        subcommand = next((a for a in sys.argv[1:3] if a in MRQLightningCLI.subcommands()), "fit")
+        print(f"error: {one_line_error(message, groups, TOP_LEVEL_KEYS, subcommand)}", file=sys.stderr)
+        self.exit(2)
+
+
 class MRQLightningCLI(LightningCLI):
     """LightningCLI with MR.Q's defaults; ``data.official_quirks`` also drives the model's switch."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # Only what MR.Q implements: validate/predict have no meaning for an agent that evaluates by env episodes.
+        return {
+            "fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"},
+            "test": {"model", "dataloaders", "datamodule"},
+        }
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        # Before LightningCLI seeds (with a traceback for a negative seed).
+        seed = self.config.get(str(self.config.get("subcommand")), self.config).get("seed_everything")
+        if not isinstance(seed, bool) and seed is not None and not 0 <= int(seed) <= _SEED_MAX:
+            raise ConfigurationError(f"--seed_everything {seed} is out of range: use an integer in [0, {_SEED_MAX}]")
+
+    def before_instantiate_classes(self) -> None:
+        """Checks that need no class: output directories, and ``test``'s checkpoint."""
+        config = self.config[self.subcommand]
+        trainer = config.trainer
+        root = trainer.get("default_root_dir")
+        logger = trainer.get("logger")
+        init_args = logger.get("init_args") if hasattr(logger, "get") else None
+        if root is not None:
+            check_writable_directory(root, "--trainer.default_root_dir")
+            if init_args is not None and init_args.get("save_dir") == "logs":
+                init_args["save_dir"] = str(Path(root) / "logs")  # the default logger follows default_root_dir
+        if init_args is not None and init_args.get("save_dir"):
+            check_writable_directory(init_args["save_dir"], "--trainer.logger.init_args.save_dir")
+        if self.subcommand == "test" and not config.get("ckpt_path"):
+            raise ConfigurationError(
+                "test evaluates a trained checkpoint: pass --ckpt_path PATH.ckpt, or --ckpt_path last for the newest run "
+                "of this configuration"
+            )
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.init_args.official_quirks", "model.init_args.official_quirks")
@@ -63,7 +125,16 @@ class MRQLightningCLI(LightningCLI):
         # would otherwise refuse a ModelCheckpoint subclass next to that flag).
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, MRQCheckpoint)]
-        return super()._instantiate_trainer(config, callbacks)
+        if self.subcommand == "test":
+            # `test` logs into the checkpoint's run directory: its config.yaml is the training run's, keep it.
+            self.save_config_callback = None
+            callbacks = [c for c in callbacks if not isinstance(c, SaveConfigCallback)]
+        try:
+            return super()._instantiate_trainer(config, callbacks)
+        except MRQUserError:
+            raise
+        except (TypeError, ValueError) as err:  # Lightning's own checks of trainer arguments (devices, strategy ...)
+            raise ConfigurationError(f"--trainer options refused by Lightning: {err}") from err
 
     def _parse_ckpt_path(self) -> None:
         # (Private LightningCLI hook, lightning 2.6.6; listed in third_party.py.)
@@ -102,7 +173,23 @@ class MRQLightningCLI(LightningCLI):
                 config["ckpt_path"] = ckpt_path = str(requeued)
         if ckpt_path and str(ckpt_path) not in _CKPT_KEYWORDS:
             checkpoint.continue_run_of(self.trainer, ckpt_path)
+        self._note_run_directories()
 
+    def before_test(self) -> None:
+        # Log `test/*` into the checkpoint's run directory, at its env step (`last`: MRQCheckpoint resolves it).
+        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
+        checkpoint = self._mrq_checkpoint()
+        if checkpoint is not None and ckpt_path and str(ckpt_path) not in _CKPT_KEYWORDS:
+            checkpoint.continue_run_of(self.trainer, ckpt_path)
+        self._note_run_directories()
+
+    def _note_run_directories(self) -> None:
+        """Remember the run directories that exist now: a start refused later removes only the one it created."""
+        for logger in self.trainer.loggers:
+            root = getattr(logger, "root_dir", None)
+            if root is not None:
+                root = Path(root)
+                _runs_started.append((root, {p.name for p in root.iterdir()} if root.is_dir() else set()))
     def _mrq_checkpoint(self) -> MRQCheckpoint | None:
         return next((c for c in self.trainer.checkpoint_callbacks if isinstance(c, MRQCheckpoint)), None)
 
@@ -137,8 +224,10 @@ def _quiet_framework_noise() -> None:
 
 def build_cli(args=None, run: bool = True) -> MRQLightningCLI:
     """Build (and by default run) the CLI; ``args`` as a list replaces ``sys.argv[1:]``."""
-    os.environ.setdefault("MUJOCO_GL", "egl")
+    check_mujoco_gl()
     _quiet_framework_noise()
+    _runs_started.clear()
+    parser_kwargs = {"allow_abbrev": False, **{name: {"allow_abbrev": False} for name in MRQLightningCLI.subcommands()}}
     return MRQLightningCLI(
         MRQ,
         MRQDataModule,
@@ -146,6 +235,9 @@ def build_cli(args=None, run: bool = True) -> MRQLightningCLI:
         subclass_mode_data=True,
         trainer_defaults=TRAINER_DEFAULTS,
         save_config_kwargs={"overwrite": True},
+        parser_class=MRQArgumentParser,
+        parser_kwargs=parser_kwargs,
+        auto_configure_optimizers=False,  # MR.Q's three AdamW optimizers are part of the algorithm (algorithm §2.1)
         args=args,
         run=run,
     )
@@ -167,16 +259,43 @@ def _under_slurm_auto_requeue(trainer) -> bool:
     return isinstance(environment, SLURMEnvironment) and environment.auto_requeue
 
 
+def _remove_runs_of_a_refused_start() -> None:
+    """Delete run directories this invocation created and that hold no checkpoint (a refused start)."""
+    for root, before in _runs_started:
+        if not root.is_dir():
+            continue
+        for run_dir in root.iterdir():
+            if run_dir.name not in before and run_dir.is_dir() and not any(run_dir.glob("checkpoints/*.ckpt")):
+                shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _short_help_requested(argv: list[str]) -> str | None:
+    """The subcommand whose short help was asked for (``fit --help``), else ``None``."""
+    if argv and argv[0] in MRQLightningCLI.subcommands() and any(a in ("-h", "--help") for a in argv[1:]):
+        return argv[0]
+    return None
+
+
 def main(args=None) -> None:
+    argv = list(sys.argv[1:] if args is None else args)
     try:
-        cli = build_cli(args)
+        check_mujoco_gl()
+        subcommand = _short_help_requested(argv)
+        if subcommand is not None:
+            print(short_help(subcommand, CONFIGURABLE, PRESETS))
+            return
+        argv = ["--help" if a == HELP_ALL else a for a in argv]
+        if args is None:
+            sys.argv[1:] = argv  # LightningCLI reads sys.argv (DDP workers re-run it)
+        cli = build_cli(None if args is None else argv)
         if cli.exit_code:
             sys.exit(cli.exit_code)  # stopped by a signal after a checkpoint: a scheduler must not see success
     except Exception as err:
         user_error = _user_error(err)
         if user_error is None:
             raise
-        # A user mistake with a message that names the fix: no traceback (nothing written is touched).
+        # A user mistake with a message that names the fix: no traceback, and no empty run directory left behind.
+        _remove_runs_of_a_refused_start()
         print(f"error: {user_error}", file=sys.stderr)
         sys.exit(2)
 

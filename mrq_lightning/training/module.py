@@ -77,15 +77,28 @@ class MRQ(LightningModule):
         batch_size: batch for encoder and RL updates.
         gamma: discount.
         target_update_period: RL updates between hard target syncs (and encoder bursts of the same length).
-        encoder_horizon, value_horizon: encoder unroll length and multi-step return horizon; the replay window is
-            the longer of the two.
-        encoder_lr, value_lr, policy_lr, weight_decay: AdamW settings (wd applies to all three, algorithm §15 D2).
+        encoder_horizon: encoder unroll length (the replay window is the longer of the two horizons).
+        value_horizon: multi-step return horizon of the value target.
+        encoder_lr: AdamW learning rate of the encoder.
+        value_lr: AdamW learning rate of the critics.
+        policy_lr: AdamW learning rate of the policy.
+        weight_decay: AdamW weight decay of all three optimizers (algorithm §15 D2).
         value_grad_clip: max grad norm over both critics.
-        exploration_noise, target_policy_noise, target_noise_clip: TD3 noises (halved for discrete actions).
-        dynamics_weight, reward_weight, terminal_weight: encoder loss weights.
+        exploration_noise: TD3 exploration noise std (halved for discrete actions).
+        target_policy_noise: TD3 target policy smoothing noise std (halved for discrete actions).
+        target_noise_clip: clip of the target policy noise (halved for discrete actions).
+        dynamics_weight: encoder loss weight of the dynamics term.
+        reward_weight: encoder loss weight of the reward term.
+        terminal_weight: encoder loss weight of the terminal term.
         pre_activation_weight: policy pre-activation penalty.
-        lap_alpha, min_priority: LAP priority exponent and floor (also the replay sampler's).
-        zs_dim, za_dim, zsa_dim, hidden_dim, num_bins, gumbel_tau: architecture (algorithm §3).
+        lap_alpha: LAP priority exponent (also the replay sampler's).
+        min_priority: LAP priority floor (also the replay sampler's).
+        zs_dim: state embedding size (algorithm §3).
+        za_dim: action embedding size.
+        zsa_dim: state-action embedding size.
+        hidden_dim: hidden width of the MLPs.
+        num_bins: two-hot reward bins.
+        gumbel_tau: Gumbel-softmax temperature of the discrete policy.
         official_quirks: the official code's multi-step return (algorithm §16 Q3); linked to
             ``data.official_quirks``.
         log_every_n_env_steps: TensorBoard cadence for training scalars.
@@ -155,10 +168,12 @@ class MRQ(LightningModule):
                 "(Lightning #18089); bf16-mixed has fp32's range and needs no scaler. (On CPU Lightning already "
                 "turns 16-mixed into bf16-mixed.)"
             )
-        if self.trainer.max_steps not in (-1, None) or self.trainer.min_steps not in (0, None):
+        trainer = self.trainer
+        if (trainer.max_steps not in (-1, None) or trainer.min_steps not in (0, None)
+                or trainer.max_epochs != 1 or trainer.min_epochs not in (None, 0, 1)):  # fmt: skip
             raise MRQUserError(
-                "--trainer.max_steps / --trainer.min_steps count Lightning optimizer steps, which MR.Q does not use. "
-                "Fix: set the budget in environment steps with --data.total_steps."
+                "--trainer.max_steps / min_steps / max_epochs / min_epochs count Lightning optimizer steps and epochs; "
+                "MR.Q runs one epoch of data.total_steps env steps. Fix: set the budget with --data.total_steps."
             )
         if self.loss_module is not None:
             return
@@ -308,13 +323,27 @@ class MRQ(LightningModule):
 
     # ------------------------------------------------------------------ evaluation of a checkpoint
     def test_step(self, batch, batch_idx: int) -> None:
-        """``python -m mrq_lightning test --ckpt_path ...``: evaluation episodes only, no training."""
+        """``python -m mrq_lightning test --ckpt_path ...``: evaluation episodes only, no training. Prints every
+        episode's return and logs ``test/*`` at the checkpoint's env step (in its run directory)."""
         datamodule = self.trainer.datamodule
-        returns = datamodule.evaluate(self.acting_policy)
-        self.log("test/return", mean(returns), batch_size=1)
-        self.log("test/return_std", float(torch.tensor(returns).std()) if len(returns) > 1 else 0.0, batch_size=1)
-        if self.env_info.discrete:
-            self.log("test/return_greedy", mean(datamodule.evaluate(self.acting_policy, ExplorationType.MODE)), batch_size=1)
+        rules = [("return", ExplorationType.DETERMINISTIC)]
+        if self.env_info.discrete:  # algorithm §16 Q10: the official rule samples; the greedy one beside it
+            rules.append(("return_greedy", ExplorationType.MODE))
+        scalars = {}
+        for name, rule in rules:
+            returns = datamodule.evaluate(self.acting_policy, rule)
+            std = float(torch.tensor(returns).std()) if len(returns) > 1 else 0.0
+            scalars[f"test/{name}"] = mean(returns)
+            if name == "return":
+                scalars["test/return_std"] = std
+            rank_zero_info(
+                f"MR.Q test {name} at env step {self.env_steps} ({len(returns)} episodes, {datamodule.env_name}, seed "
+                f"{datamodule.seed + 100}): mean {mean(returns):.2f} ± {std:.2f}; per episode "
+                + ", ".join(f"{r:.2f}" for r in returns)
+            )
+        self._write_scalars(scalars, self.env_steps)
+        for key, value in scalars.items():
+            self.log(key, value, batch_size=1, logger=False)  # Lightning's results table (and trainer.test's return)
 
     # ------------------------------------------------------------------ checkpoint
     def on_save_checkpoint(self, checkpoint: dict) -> None:
