@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import math
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import CONFIGS, SMOKE, assert_same, load_checkpoint, run_ok, tensorboard_scalars
+from conftest import CONFIGS, SMOKE, assert_same, cli_env, load_checkpoint, run_ok, tensorboard_scalars
 
 BASE = ["fit", *SMOKE, "--data.total_steps", "200"]
 DDP = ["--config", str(CONFIGS / "overlays" / "ddp.yaml"), "--trainer.accelerator", "cpu"]
@@ -87,6 +91,35 @@ def test_ddp_resume_is_exact_on_every_rank(ddp_run, tmp_path):
         skip = {"eval_env_state"}
         assert_same({k: v for k, v in straight[1].items() if k not in skip},
                     {k: v for k, v in again[1].items() if k not in skip}, f"rank {rank} state")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_ddp_sigterm_to_rank_zero_stops_every_rank_at_one_env_step(ddp_run, tmp_path):
+    """SIGTERM to the launching process (rank 0) only: both ranks save their sidecars at the same env step and exit
+    (143); the resumed run equals the uninterrupted one on every rank."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mrq_lightning", *BASE, *DDP, "--checkpoint.every_n_env_steps", "100"],
+        cwd=tmp_path, env=cli_env(threads=1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    first = tmp_path / RUN_DIR / "checkpoints" / "env_step=0000100.ckpt"
+    deadline = time.monotonic() + 600
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=600)[0]  # returns once every rank has closed the pipe
+    assert proc.returncode == 143, out[-3000:]
+    saved = torch.load(tmp_path / RUN_DIR / "checkpoints" / "last.ckpt", weights_only=True)["mrq"]["env_steps"]
+    assert 100 < saved < 200, out[-3000:]
+    for rank in (0, 1):
+        state = load_checkpoint(tmp_path / RUN_DIR / "checkpoints" / "last.ckpt", rank)[1]
+        assert state["env_steps"] == saved
+    resumed = _cli([*BASE, *DDP, "--ckpt_path", "last"], tmp_path)
+    assert f"resumes at env step {saved}" in resumed.stdout + resumed.stderr
+    name = RUN_DIR / "checkpoints" / "env_step=0000200.ckpt"
+    for rank in (0, 1):
+        straight, again = load_checkpoint(ddp_run[0] / name, rank), load_checkpoint(tmp_path / name, rank)
+        assert_same(straight[0]["state_dict"], again[0]["state_dict"], "state_dict")
+        assert_same(straight[2], again[2], f"rank {rank} replay buffer")
 
 
 @pytest.mark.slow

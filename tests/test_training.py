@@ -58,22 +58,33 @@ def _evaluate_in_process(checkpoint: dict | None) -> float:
 
 
 @pytest.mark.slow
-def test_test_subcommand_evaluates_the_checkpoint_weights(smoke_run):
+def test_test_subcommand_evaluates_the_checkpoint_weights(smoke_run, tmp_path):
+    """`test` scores the checkpoint's weights, prints every episode, and logs `test/*` at the checkpoint's env step
+    into the run directory it came from (no new version directory, the run's config.yaml kept)."""
     import re
+    import shutil
 
     import torch
+    from conftest import scalar_steps
 
-    ckpt = smoke_run / "logs" / "mrq" / "version_0" / "checkpoints" / "last.ckpt"
+    shutil.copytree(smoke_run / "logs", tmp_path / "logs")
+    run_dir = tmp_path / "logs" / "mrq" / "version_0"
+    config_before = (run_dir / "config.yaml").read_text()
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
     proc = _cli(
         ["test", "--config", f"{REPO}/configs/dmc.yaml", "--config", f"{REPO}/configs/smoke.yaml",
          "--data.env", "Dmc-cartpole-balance", "--ckpt_path", str(ckpt)],
-        smoke_run,
+        tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
-    reported = float(re.search(r"test/return\s+[│|]?\s*([-0-9.e+]+)", proc.stdout).group(1))
+    line = re.search(r"MR.Q test return at env step 600 \(1 episodes.*: mean ([-0-9.]+) .*per episode ([-0-9.]+)",
+                     proc.stdout + proc.stderr)  # fmt: skip
     expected = _evaluate_in_process(torch.load(ckpt, weights_only=True))
-    assert reported == pytest.approx(expected, rel=1e-6)  # (a terminal's table rounds; a pipe gets every digit)
+    assert float(line.group(1)) == float(line.group(2)) == pytest.approx(expected, abs=1e-4)
     assert abs(_evaluate_in_process(None) - expected) > 1.0  # untrained weights would give another return
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == ["version_0"]
+    assert scalar_steps(run_dir)["test/return"] == [600]
+    assert (run_dir / "config.yaml").read_text() == config_before
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: Path(p).name)
@@ -129,7 +140,8 @@ def test_unknown_env_gets_a_clear_error_without_traceback(tmp_path):
 def test_wrong_config_key_names_the_key(tmp_path):
     proc = _cli(["fit", "--config", f"{REPO}/configs/dmc.yaml", "--data.envv", "Dmc-cartpole-balance"], tmp_path)
     assert proc.returncode != 0
-    assert "envv" in proc.stderr and "not accepted" in proc.stderr
+    assert proc.stderr.strip() == ("error: unknown option --data.envv; did you mean --data.env? (python -m mrq_lightning "
+                                   "fit --help lists the options)")
 
 
 def test_out_of_range_option_gets_a_clear_error(tmp_path):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import time
 
 from lightning.pytorch.callbacks import TQDMProgressBar
+
+from mrq_lightning.errors import ConfigurationError
 
 __all__ = ["EnvStepProgressBar"]
 
@@ -12,19 +15,29 @@ __all__ = ["EnvStepProgressBar"]
 class EnvStepProgressBar(TQDMProgressBar):
     """Progress in environment steps (one training batch = one env step), with steps/s and the last eval return.
 
-    Refreshes every ``refresh_rate`` env steps (default 100) so the bar costs well under 1% of step time.
+    Refreshes every ``refresh_rate`` env steps (default 100) or every ``REFRESH_SECONDS``, whichever comes first, so
+    the bar costs well under 1% of step time and a slow stretch (an encoder burst on CPU) still moves it. The rate
+    and the ETA are a moving average of recent progress (tqdm ``smoothing``), not the average since the start: the
+    random phase runs about 100x faster than learning and would otherwise make the ETA hours too short.
 
     Args:
-        refresh_rate: env steps between refreshes.
+        refresh_rate: env steps between refreshes (0: no progress bar).
         leave: keep the finished bar on screen.
     """
 
+    REFRESH_SECONDS = 2.0
+    SMOOTHING = 0.3  # tqdm's exponential moving average factor over refreshes (0 = average since the start)
+
     def __init__(self, refresh_rate: int = 100, leave: bool = True) -> None:
+        if isinstance(refresh_rate, bool) or not isinstance(refresh_rate, int) or refresh_rate < 0:
+            raise ConfigurationError(f"progress_bar.refresh_rate must be an integer >= 0 (0 = no bar), got {refresh_rate!r}")
         super().__init__(refresh_rate=refresh_rate, leave=leave)
+        self._last_refresh = 0.0
 
     def init_train_tqdm(self):
         bar = super().init_train_tqdm()
         bar.unit = "env step"
+        bar.smoothing = self.SMOOTHING
         return bar
 
     def on_train_epoch_start(self, trainer, *_):
@@ -41,9 +54,10 @@ class EnvStepProgressBar(TQDMProgressBar):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         n = getattr(pl_module, "env_steps", batch_idx + 1)
         bar = self.train_progress_bar
-        if bar is not None and self._should_update(n, bar.total):
-            bar.n = n
-            bar.refresh()
+        now = time.monotonic()
+        if bar is not None and (self._should_update(n, bar.total) or now - self._last_refresh >= self.REFRESH_SECONDS):
+            self._last_refresh = now
+            bar.update(n - bar.n)  # update(), not n = ...: tqdm's smoothed rate only sees increments
             bar.set_postfix(self.get_metrics(trainer, pl_module))
 
     def get_metrics(self, trainer, pl_module):

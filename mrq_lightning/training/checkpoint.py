@@ -34,15 +34,16 @@ configuration are listed with their differences and skipped. The resumed run con
 TensorBoard version, events past the checkpoint's env step are purged). A fresh ``fit`` always gets a new version
 directory, so it never touches an earlier run's checkpoints. Under SLURM a requeued job (same job id) resumes its
 own run without ``--ckpt_path``.
+
+This module decides when and what to save; the file mechanics are in ``checkpoint_io.py`` and the matching of a
+saved run's configuration in ``runs.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import time
@@ -55,88 +56,29 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from mrq_lightning import third_party
-from mrq_lightning.atomic_io import atomic_torch_save, fsync_directory
 from mrq_lightning.errors import CheckpointError, ConfigurationError, MRQUserError
-from mrq_lightning.training.resume import CKPT_FORMAT, RESUME_FREE_HPARAMS
+from mrq_lightning.training.checkpoint_io import (
+    LAST,
+    RUN_FILE,
+    SIDECAR_SUFFIX,
+    AtomicCheckpointIO,
+    atomic_link_or_copy,
+    check_writable_directory,
+    env_step_name,
+    human_bytes,
+    missing_checkpoint_error,
+    state_digest,
+    step_checkpoints,
+    tree_bytes,
+    version_of,
+)
+from mrq_lightning.training.resume import CKPT_FORMAT
+from mrq_lightning.training.runs import newest_matching, read_run_file, run_config
 from mrq_lightning.training.signals import STOP_SIGNALS, SignalLatch, request_requeue, signal_name, slurm_job_id
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CKPT_FORMAT", "AtomicCheckpointIO", "MRQCheckpoint", "atomic_torch_save", "env_step_name"]
-
-RUN_FILE = "mrq_run.json"
-SIDECAR_SUFFIX = ".replay"
-LAST = "last.ckpt"
-_STEP_RE = re.compile(r"^env_step=(\d+)\.ckpt$")
-
-
-def env_step_name(step: int) -> str:
-    return f"env_step={step:07d}"
-
-
-def _atomic_link_or_copy(src: Path, dst: Path) -> None:
-    """Make ``dst`` a hard link to ``src`` (a copy where links are unsupported), replacing ``dst`` atomically."""
-    tmp = dst.parent / f".{dst.name}.{os.getpid()}.tmp"
-    if tmp.exists():
-        tmp.unlink()
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-    os.replace(tmp, dst)
-    fsync_directory(dst.parent)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
-
-
-def check_writable_directory(path, option: str) -> None:
-    """Refuse at configuration time a directory that cannot be created or written (not hours later, at a save).
-    Creates it (and a probe file) to find out, then removes whatever it created."""
-    directory = Path(path).expanduser().absolute()
-    missing = []
-    existing = directory
-    while not existing.exists() and existing != existing.parent:
-        missing.append(existing)
-        existing = existing.parent
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / f".mrq_write_probe.{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise ConfigurationError(
-            f"{option} {path} is not a writable directory ({err.strerror or err}). Fix: choose a directory you can "
-            "write to."
-        ) from err
-    finally:
-        for created in missing:  # deepest first
-            try:
-                created.rmdir()
-            except OSError:
-                pass
-
-
-def _tree_bytes(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def _human_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
-
+__all__ = ["MRQCheckpoint", "check_writable_directory", "missing_checkpoint_error"]
 
 def _slurm_requeue_signals(trainer) -> tuple[int, ...]:
     """The signal SLURM's auto-requeue is bound to (Lightning's ``SLURMEnvironment``), when running under it."""
@@ -158,57 +100,12 @@ def _agree_across_ranks(trainer, by_time: bool, signum: int | None) -> tuple[boo
     return bool(by_time_all), (int(signum_all) or None)
 
 
-def missing_checkpoint_error(path) -> CheckpointError:
-    return CheckpointError(
-        f"checkpoint {path} does not exist. Fix: pass an existing .ckpt file, or --ckpt_path last to resume the "
-        "newest run of this configuration."
-    )
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's ``TorchCheckpointIO`` with crash-safe writes and :class:`CheckpointError` on unreadable files."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} does not take storage_options")
-        atomic_torch_save(checkpoint, path)
-
-    def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict[str, Any]:
-        path = Path(path)
-        if not path.is_file():
-            raise missing_checkpoint_error(path)
-        kwargs = {} if map_location is None else {"map_location": map_location}
-        try:
-            checkpoint = super().load_checkpoint(path, weights_only=weights_only, **kwargs)
-        except Exception as err:  # truncated zip, garbage, unpickling refusal ...
-            raise CheckpointError(
-                f"checkpoint {path} is corrupt or not a PyTorch checkpoint ({type(err).__name__}: {err}). "
-                "Fix: resume from another checkpoint (e.g. an earlier env_step=*.ckpt in the same directory) "
-                "or start a fresh run without --ckpt_path."
-            ) from err
-        state = checkpoint.get("mrq") if isinstance(checkpoint, dict) else None
-        if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT or "pytorch-lightning_version" not in checkpoint:
-            raise CheckpointError(
-                f"checkpoint {path} was not written by mrq_lightning's trainer (no {CKPT_FORMAT!r} section). Fix: pass "
-                "a checkpoint saved by `python -m mrq_lightning fit` (e.g. --ckpt_path last), or drop --ckpt_path to "
-                "start a fresh run."
-            )
-        return checkpoint
-
-
-def state_digest(module: torch.nn.Module) -> str:
-    """SHA-256 over every parameter and buffer (names, dtypes, shapes, bytes): equal digests = identical weights."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
-
-
-def _version_of(run_dir: Path) -> int | str:
-    match = re.fullmatch(r"version_(\d+)", run_dir.name)
-    return int(match.group(1)) if match else run_dir.name
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
 
 
 class MRQCheckpoint(ModelCheckpoint):
@@ -287,6 +184,12 @@ class MRQCheckpoint(ModelCheckpoint):
         super().on_train_start(trainer, pl_module)
         self._last_saved_step = pl_module.env_steps if trainer.ckpt_path else -1
         self._last_save_time = time.monotonic()
+        cadence = [f"every {self.every_n_env_steps} env steps"] if self.every_n_env_steps else []
+        cadence += [f"every {self.every_n_minutes:g} min"] if self.every_n_minutes else []
+        rank_zero_info(
+            f"MR.Q run directory: {trainer.log_dir}; checkpoints in {self.dirpath} ("
+            + (" or ".join(cadence) or "at the end only") + (", and on SIGTERM/SIGINT/SIGUSR1)" if self.save_on_signal else ")")
+        )
         if self.save_on_signal:
             # Installed last, over Lightning's own SIGTERM handler (which would end the fit with exit code 0).
             self.signals = SignalLatch(STOP_SIGNALS + _slurm_requeue_signals(trainer), rank=trainer.global_rank)
@@ -294,7 +197,7 @@ class MRQCheckpoint(ModelCheckpoint):
                 self.signals.trip(signal.SIGTERM)
             self.signals.install()
         directory = Path(self.dirpath)
-        if not trainer.ckpt_path and any(self._step_checkpoints(directory)):
+        if not trainer.ckpt_path and any(step_checkpoints(directory)):
             # Only reachable with a fixed directory (explicit dirpath or no logger): logger versions are fresh.
             raise MRQUserError(
                 f"checkpoint directory {directory} already holds checkpoints of another run, and this fit does not "
@@ -356,15 +259,27 @@ class MRQCheckpoint(ModelCheckpoint):
         pass  # nothing to carry over: file names and cadence derive from env steps
 
     # ------------------------------------------------------------------ saving
-    @staticmethod
-    def _step_checkpoints(directory: Path) -> list[tuple[int, Path]]:
-        if not directory.is_dir():
-            return []
-        found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _STEP_RE.match(p.name)) and p.is_file()]
-        return sorted(found)
-
     def save(self, trainer, pl_module) -> Path:
-        """Write the checkpoint of the current env step (all ranks must call this)."""
+        """Write the checkpoint of the current env step (all ranks must call this). A failed write (a full disk, a
+        lost mount) removes its partial files and stops with a :class:`CheckpointError` naming the last good one."""
+        try:
+            return self._save(trainer, pl_module)
+        except OSError as err:
+            directory = Path(self.dirpath)
+            name = env_step_name(pl_module.env_steps)
+            if not (directory / f"{name}.ckpt").is_file():
+                shutil.rmtree(directory / f"{name}{SIDECAR_SUFFIX}", ignore_errors=True)
+            for leftover in directory.glob(f".{name}*"):
+                leftover.unlink(missing_ok=True) if leftover.is_file() else shutil.rmtree(leftover, ignore_errors=True)
+            last = directory / LAST
+            raise CheckpointError(
+                f"could not write the checkpoint at env step {pl_module.env_steps} in {directory} "
+                f"({err.strerror or err}). The last complete checkpoint is "
+                + (f"{last} (env step {self._last_saved_step})" if last.is_file() and self._last_saved_step >= 0 else "none")
+                + ". Fix: free disk space (or choose --checkpoint.dirpath elsewhere) and resume with --ckpt_path last."
+            ) from err
+
+    def _save(self, trainer, pl_module) -> Path:
         t0 = time.perf_counter()
         strategy = trainer.strategy
         directory = Path(self.dirpath)
@@ -389,7 +304,7 @@ class MRQCheckpoint(ModelCheckpoint):
         finally:
             datamodule.checkpoint_sidecar = None  # another save (e.g. a user's) must not claim this sidecar
         if trainer.is_global_zero:
-            _atomic_link_or_copy(ckpt, directory / LAST)
+            atomic_link_or_copy(ckpt, directory / LAST)
             self._prune(directory, keep=ckpt)
         strategy.barrier("mrq_checkpoint_done")
         self._last_saved_step = step
@@ -398,9 +313,9 @@ class MRQCheckpoint(ModelCheckpoint):
         self.best_model_path = str(ckpt)
         self.last_save_seconds = time.perf_counter() - t0
         if trainer.is_global_zero:
-            self.last_save_bytes = _tree_bytes(ckpt) + _tree_bytes(sidecar)
+            self.last_save_bytes = tree_bytes(ckpt) + tree_bytes(sidecar)
             rank_zero_info(
-                f"MR.Q checkpoint at env step {step}: {ckpt} ({_human_bytes(self.last_save_bytes)} with the replay "
+                f"MR.Q checkpoint at env step {step}: {ckpt} ({human_bytes(self.last_save_bytes)} with the replay "
                 f"sidecar, {self.last_save_seconds:.1f} s)"
             )
         return ckpt
@@ -421,20 +336,9 @@ class MRQCheckpoint(ModelCheckpoint):
                 f"(digest prefixes {every}); gradients are not being averaged as expected."
             )
 
-    @staticmethod
-    def run_config(trainer, module=None, datamodule=None) -> dict[str, Any]:
-        """What a run must share with a checkpoint to resume it (written to ``mrq_run.json``, compared by
-        ``--ckpt_path last``): env, seed, model hyperparameters, data settings, precision and number of ranks.
-        ``module`` / ``datamodule``: before ``fit`` attaches them, the ones it will train."""
-        module = module or trainer.lightning_module
-        datamodule = datamodule or trainer.datamodule
-        model = {k: v for k, v in sorted(module.hparams.items()) if k not in RESUME_FREE_HPARAMS and not k.startswith("_")}
-        return {"env": datamodule.env_name, "seed": datamodule.seed, "world_size": trainer.world_size,
-                "precision": str(trainer.precision), "model": model, "data": datamodule.resume_config()}  # fmt: skip
-
     def _write_run_file(self, directory: Path, trainer) -> None:
         path = directory / RUN_FILE
-        info = json.loads(json.dumps({"format": CKPT_FORMAT, **self.run_config(trainer), "slurm_job_id": slurm_job_id()}))
+        info = {"format": CKPT_FORMAT, **run_config(trainer), "slurm_job_id": slurm_job_id()}
         if path.is_file():
             try:
                 if json.loads(path.read_text()) == info:
@@ -447,12 +351,12 @@ class MRQCheckpoint(ModelCheckpoint):
 
     def _prune(self, directory: Path, keep: Path) -> None:
         """Drop checkpoints beyond ``keep_last`` (ckpt first, then its sidecar) and crash leftovers."""
-        checkpoints = [p for _, p in self._step_checkpoints(directory) if p != keep]
+        checkpoints = [p for _, p in step_checkpoints(directory) if p != keep]
         older_kept = len(checkpoints) if self.keep_last == -1 else self.keep_last - 1
         doomed = checkpoints[: max(len(checkpoints) - older_kept, 0)]
         for path in doomed:
             path.unlink(missing_ok=True)
-        keep_sidecars = {p.name[: -len(".ckpt")] + SIDECAR_SUFFIX for _, p in self._step_checkpoints(directory)}
+        keep_sidecars = {p.name[: -len(".ckpt")] + SIDECAR_SUFFIX for _, p in step_checkpoints(directory)}
         for entry in directory.iterdir():
             if entry.name.endswith(SIDECAR_SUFFIX) and entry.is_dir() and entry.name not in keep_sidecars:
                 shutil.rmtree(entry, ignore_errors=True)  # pruned, or orphaned by a crash before its .ckpt
@@ -484,54 +388,21 @@ class MRQCheckpoint(ModelCheckpoint):
 
     def _saved_runs(self, trainer) -> list[tuple[Path, dict | None]]:
         """(``last.ckpt``, its run file or ``None``) of every run this callback can resume."""
-        runs = []
-        for directory in self._candidate_dirs(trainer):
-            if (directory / LAST).is_file():
-                try:
-                    info = json.loads((directory / RUN_FILE).read_text())
-                except (OSError, ValueError):
-                    info = None
-                runs.append((directory / LAST, info if isinstance(info, dict) else None))
-        return runs
-
-    def _config_differences(self, mine: dict, info: dict | None) -> list[str]:
-        """How a saved run's configuration differs from ``mine`` (empty: it can be resumed)."""
-        if info is None:
-            return []  # no run file (written before the first checkpoint of a run): the checkpoint checks itself
-        mine = json.loads(json.dumps(mine))
-        diffs = []
-        for key, value in mine.items():
-            saved = info.get(key, value)  # a run file of an older version compares on what it has
-            if isinstance(value, dict) and isinstance(saved, dict):
-                diffs += [f"{key}.{k}: {saved.get(k)!r} there, {v!r} here" for k, v in value.items() if saved.get(k, v) != v]
-            elif saved != value:
-                diffs.append(f"{key}: {saved!r} there, {value!r} here")
-        return diffs
-
-    def _newest_matching(self, mine: dict, runs) -> tuple[Path | None, list[str]]:
-        best, skipped = None, []
-        for last, info in runs:
-            diffs = self._config_differences(mine, info)
-            if diffs:
-                skipped.append(f"{last.parent.parent.name} ({'; '.join(diffs[:3])}{' ...' if len(diffs) > 3 else ''})")
-            elif best is None or last.stat().st_mtime > best.stat().st_mtime:
-                best = last
-        return best, skipped
+        return [(d / LAST, read_run_file(d / RUN_FILE)) for d in self._candidate_dirs(trainer) if (d / LAST).is_file()]
 
     def find_last(self, trainer) -> Path | None:
         """The newest ``last.ckpt`` of a run with this configuration (see the module docstring), or ``None``."""
         datamodule = trainer.datamodule
-        best, skipped = self._newest_matching(self.run_config(trainer), self._saved_runs(trainer))
+        best, skipped = newest_matching(run_config(trainer), self._saved_runs(trainer))
         if best is None:
             rank_zero_warn(
                 f"--ckpt_path last: no earlier run of {datamodule.env_name} with seed {datamodule.seed} and this "
                 "configuration found" + (f" (skipped: {', '.join(skipped)})" if skipped else "") + "; starting a fresh run."
             )
             return None
-        steps = self._step_checkpoints(best.parent)
+        steps = step_checkpoints(best.parent)
         rank_zero_info(
-            f"--ckpt_path last: resuming run {best.parent.parent}"
-            + (f" from env step {steps[-1][0]}" if steps else "")
+            f"--ckpt_path last: run {best.parent.parent}" + (f", env step {steps[-1][0]}" if steps else "")
             + (f" (skipped runs of other configurations: {', '.join(skipped)})" if skipped else "")
         )
         return best
@@ -540,7 +411,7 @@ class MRQCheckpoint(ModelCheckpoint):
         """SLURM: the ``last.ckpt`` of this configuration's run that job ``job_id`` saved before being requeued
         (called before ``fit``: ``module`` and ``datamodule`` are the ones it will train)."""
         runs = [(last, info) for last, info in self._saved_runs(trainer) if info and info.get("slurm_job_id") == job_id]
-        best, skipped = self._newest_matching(self.run_config(trainer, module, datamodule), runs)
+        best, skipped = newest_matching(run_config(trainer, module, datamodule), runs)
         if skipped:
             rank_zero_warn(f"SLURM job {job_id} was requeued, but its runs have another configuration: {', '.join(skipped)}")
         if best is not None:
@@ -557,8 +428,8 @@ class MRQCheckpoint(ModelCheckpoint):
             return
         run_dir = Path(ckpt_path).absolute().parent.parent
         if Path(ckpt_path).absolute().parent.name == "checkpoints" and run_dir.parent == Path(root).absolute():
-            third_party.pin_logger_version(logger, _version_of(run_dir))
-            rank_zero_info(f"Resuming run directory {run_dir}")
+            third_party.pin_logger_version(logger, version_of(run_dir))
+            rank_zero_info(f"Logging into the checkpoint's run directory {run_dir}")
 
     def _find_last_checkpoints(self, trainer) -> set[str]:
         # A private Lightning hook (lightning 2.6.6; listed in third_party.py): called for ckpt_path="last", before

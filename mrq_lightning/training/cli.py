@@ -24,7 +24,7 @@ from mrq_lightning.training.callbacks import EnvStepProgressBar
 from mrq_lightning.training.checkpoint import MRQCheckpoint, check_writable_directory, missing_checkpoint_error
 from mrq_lightning.training.cli_messages import HELP_ALL, one_line_error, option_groups, short_help
 from mrq_lightning.training.datamodule import MRQDataModule
-from mrq_lightning.training.module import MRQ
+from mrq_lightning.training.module import BUDGET_IN_ENV_STEPS, MRQ
 from mrq_lightning.training.signals import slurm_job_id
 
 _CKPT_KEYWORDS = ("last", "best", "hpc", "registry")  # --ckpt_path values Lightning resolves itself (not files)
@@ -35,7 +35,8 @@ CONFIGURABLE = {"model": MRQ, "data": MRQDataModule, "checkpoint": MRQCheckpoint
 TOP_LEVEL_KEYS = ("config", "seed_everything", "ckpt_path", "print_config", "weights_only")
 PRESETS = ("gym", "dmc", "dmc_visual", "atari", "quickstart", "smoke")
 _SEED_MAX = 2**32 - 1  # numpy's seed range
-_runs_started: list[tuple[Path, set[str]]] = []  # (logger root, run directories that existed before this start)
+# (logger root, its nearest ancestor that existed, the run directories that existed) at this start
+_runs_started: list[tuple[Path, Path, set[str]]] = []
 
 TRAINER_DEFAULTS = {
     # One epoch = the whole env-step budget (MRQUpdater steps its optimizers itself: global_step stays 0, unused).
@@ -86,14 +87,18 @@ class MRQLightningCLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
         # Before LightningCLI seeds (with a traceback for a negative seed).
-        seed = self.config.get(str(self.config.get("subcommand")), self.config).get("seed_everything")
+        subcommand = self.config.get("subcommand")
+        seed = (self.config[subcommand] if subcommand else self.config).get("seed_everything")
         if not isinstance(seed, bool) and seed is not None and not 0 <= int(seed) <= _SEED_MAX:
             raise ConfigurationError(f"--seed_everything {seed} is out of range: use an integer in [0, {_SEED_MAX}]")
 
     def before_instantiate_classes(self) -> None:
         """Checks that need no class: output directories, and ``test``'s checkpoint."""
-        config = self.config[self.subcommand]
+        config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config.trainer
+        if (trainer.get("max_steps") not in (-1, None) or trainer.get("min_steps") not in (0, None)
+                or trainer.get("max_epochs") not in (1, None) or trainer.get("min_epochs") not in (None, 0, 1)):  # fmt: skip
+            raise ConfigurationError(BUDGET_IN_ENV_STEPS)
         root = trainer.get("default_root_dir")
         logger = trainer.get("logger")
         init_args = logger.get("init_args") if hasattr(logger, "get") else None
@@ -188,8 +193,11 @@ class MRQLightningCLI(LightningCLI):
         for logger in self.trainer.loggers:
             root = getattr(logger, "root_dir", None)
             if root is not None:
-                root = Path(root)
-                _runs_started.append((root, {p.name for p in root.iterdir()} if root.is_dir() else set()))
+                root = Path(root).absolute()
+                existing = root
+                while not existing.exists() and existing != existing.parent:
+                    existing = existing.parent
+                _runs_started.append((root, existing, {p.name for p in root.iterdir()} if root.is_dir() else set()))
     def _mrq_checkpoint(self) -> MRQCheckpoint | None:
         return next((c for c in self.trainer.checkpoint_callbacks if isinstance(c, MRQCheckpoint)), None)
 
@@ -261,12 +269,19 @@ def _under_slurm_auto_requeue(trainer) -> bool:
 
 def _remove_runs_of_a_refused_start() -> None:
     """Delete run directories this invocation created and that hold no checkpoint (a refused start)."""
-    for root, before in _runs_started:
+    for root, existed, before in _runs_started:
         if not root.is_dir():
             continue
         for run_dir in root.iterdir():
             if run_dir.name not in before and run_dir.is_dir() and not any(run_dir.glob("checkpoints/*.ckpt")):
                 shutil.rmtree(run_dir, ignore_errors=True)
+        for created in [root, *root.parents]:  # e.g. logs/mrq, then logs, if this start made them and they are empty
+            if created == existed or not created.is_relative_to(existed):
+                break
+            try:
+                created.rmdir()
+            except OSError:
+                break
 
 
 def _short_help_requested(argv: list[str]) -> str | None:

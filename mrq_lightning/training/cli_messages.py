@@ -115,7 +115,7 @@ def one_line_error(message: str, groups: dict[str, list[str]], extra_keys: Itera
         key = unknown.group(1).removeprefix("init_args.")
         key = key if "." in key or not group_name else f"{group_name}.{key}"
         return f"unknown option --{key}{_did_you_mean(key, valid)} {help_hint}"
-    unrecognized = re.search(r"Unrecognized arguments: (.*)", message)
+    unrecognized = re.search(r"unrecognized arguments: (.*)", message, flags=re.IGNORECASE)
     if unrecognized:
         first = unrecognized.group(1).split()[0]
         key = first.lstrip("-").split("=")[0].replace(".init_args.", ".")

@@ -64,6 +64,10 @@ log = logging.getLogger(__name__)
 __all__ = ["MRQ"]
 
 SUPPORTED_PRECISION = ("32-true", "32", "bf16-mixed")
+BUDGET_IN_ENV_STEPS = (
+    "--trainer.max_steps / min_steps / max_epochs / min_epochs count Lightning optimizer steps and epochs; MR.Q runs "
+    "one epoch of data.total_steps env steps. Fix: set the budget with --data.total_steps."
+)
 
 
 class MRQ(LightningModule):
@@ -171,10 +175,7 @@ class MRQ(LightningModule):
         trainer = self.trainer
         if (trainer.max_steps not in (-1, None) or trainer.min_steps not in (0, None)
                 or trainer.max_epochs != 1 or trainer.min_epochs not in (None, 0, 1)):  # fmt: skip
-            raise MRQUserError(
-                "--trainer.max_steps / min_steps / max_epochs / min_epochs count Lightning optimizer steps and epochs; "
-                "MR.Q runs one epoch of data.total_steps env steps. Fix: set the budget with --data.total_steps."
-            )
+            raise MRQUserError(BUDGET_IN_ENV_STEPS)
         if self.loss_module is not None:
             return
         self.configure_networks(self.trainer.datamodule.env_info)
@@ -338,12 +339,12 @@ class MRQ(LightningModule):
                 scalars["test/return_std"] = std
             rank_zero_info(
                 f"MR.Q test {name} at env step {self.env_steps} ({len(returns)} episodes, {datamodule.env_name}, seed "
-                f"{datamodule.seed + 100}): mean {mean(returns):.2f} ± {std:.2f}; per episode "
-                + ", ".join(f"{r:.2f}" for r in returns)
+                f"{datamodule.seed + 100}): mean {mean(returns):.4f} ± {std:.4f}; per episode "
+                + ", ".join(f"{r:.4f}" for r in returns)
             )
         self._write_scalars(scalars, self.env_steps)
         for key, value in scalars.items():
-            self.log(key, value, batch_size=1, logger=False)  # Lightning's results table (and trainer.test's return)
+            self.log(key, value, batch_size=1, logger=False)  # trainer.test()'s return value (logged above by env step)
 
     # ------------------------------------------------------------------ checkpoint
     def on_save_checkpoint(self, checkpoint: dict) -> None:
