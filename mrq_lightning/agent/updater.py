@@ -136,6 +136,11 @@ class MRQUpdater:
             )
 
     # ------------------------------------------------------------------ the update
+    @property
+    def encoder_burst_due(self) -> bool:
+        """The next :meth:`step` starts with a target sync and ``target_update_period`` encoder updates."""
+        return self.rl_updates % self.hparams.target_update_period == 0
+
     def step(self, buffer) -> dict[str, torch.Tensor]:
         """One environment step's worth of updates on ``buffer``; returns detached 0-d metric tensors.
 
@@ -149,7 +154,7 @@ class MRQUpdater:
             self._checked_buffer = id(buffer)
         hp, loss = self.hparams, self.loss
         metrics: dict[str, torch.Tensor] = {}
-        if self.rl_updates % hp.target_update_period == 0:
+        if self.encoder_burst_due:
             metrics.update(self._encoder_burst(buffer))
         t0 = time.perf_counter()
         batch = self._sample(buffer, hp.value_horizon, include_intermediate=False)

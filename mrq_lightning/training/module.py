@@ -234,6 +234,11 @@ class MRQ(LightningModule):
         return self.trainer.strategy.reduce(reward_scale.detach().to(self.device, torch.float32).clone(), reduce_op="mean")
 
     @property
+    def learning(self) -> bool:
+        """The warm-up is over: every env step now runs updates."""
+        return self._learning
+
+    @property
     def rl_updates(self) -> int:
         return self.updater.rl_updates if self.updater is not None else 0
 
