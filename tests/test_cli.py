@@ -54,6 +54,7 @@ def _refused(args: list[str], cwd: Path, monkeypatch, capsys, in_process: bool =
         (FIT + ["--model.encoder_lr", "0"], "encoder_lr=0.0 is invalid: it must be a number > 0"),
         (FIT + ["--model.encoder_horizon", "0"], "encoder_horizon=0 is invalid"),
         (FIT + ["--data.eval_every", "0"], "data.total_steps, data.eval_every and data.buffer_capacity must be >= 1"),
+        (FIT + ["--data.buffer_device", "gpu0"], "data.buffer_device='gpu0' is not a device"),
         (FIT + ["--checkpoint.keep_last", "0"], "checkpoint.keep_last=0 must be an integer >= 1, or -1 to keep all"),
         (FIT + ["--checkpoint.every_n_minutes", "-1"], "checkpoint.every_n_minutes=-1.0 must be a number >= 0"),
         (FIT + ["--trainer.devices", "abc"], "--trainer options refused by Lightning"),

@@ -132,6 +132,13 @@ class MRQDataModule(LightningDataModule):
                 "Fix: raise data.buffer_capacity or lower data.random_steps."
             )
         ReplayHParams(capacity=buffer_capacity, random_steps=random_steps, pixel_augmentation=pixel_augmentation)
+        if buffer_device != "auto":
+            try:
+                torch.device(buffer_device)
+            except (RuntimeError, TypeError) as err:
+                raise ConfigurationError(
+                    f"data.buffer_device={buffer_device!r} is not a device: use auto (default), cpu or cuda"
+                ) from err
         parse_env_name(env)  # fail at config time, before any simulator starts, with the valid forms
         self.env_name = env
         self.seed = seed
