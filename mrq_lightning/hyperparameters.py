@@ -69,9 +69,10 @@ class _Group:
             if field.type in ("int", int):
                 _require(_positive_int(value), name, value, "an integer >= 1")
             elif field.type in ("float", float):
-                _require(_finite(value) and value >= 0, name, value, "a finite number >= 0")
                 if name in self._positive:
-                    _require(value > 0, name, value, "a number > 0")
+                    _require(_finite(value) and value > 0, name, value, "a finite number > 0")
+                else:
+                    _require(_finite(value) and value >= 0, name, value, "a finite number >= 0")
                 if name in self._at_most_one:
                     _require(value <= 1, name, value, "in [0, 1]")
 

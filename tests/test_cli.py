@@ -51,7 +51,7 @@ def _refused(args: list[str], cwd: Path, monkeypatch, capsys, in_process: bool =
         (["predict", *SMOKE], "unknown subcommand 'predict'"),
         (FIT + ["--seed_everything", "-3"], "--seed_everything -3 is out of range"),
         (FIT + ["--model.batch_size", "0"], "MR.Q hyperparameter batch_size=0 is invalid: it must be an integer >= 1"),
-        (FIT + ["--model.encoder_lr", "0"], "encoder_lr=0.0 is invalid: it must be a number > 0"),
+        (FIT + ["--model.encoder_lr", "0"], "encoder_lr=0.0 is invalid: it must be a finite number > 0"),
         (FIT + ["--model.encoder_horizon", "0"], "encoder_horizon=0 is invalid"),
         (FIT + ["--data.eval_every", "0"], "data.total_steps, data.eval_every and data.buffer_capacity must be >= 1"),
         (FIT + ["--data.buffer_device", "gpu0"], "data.buffer_device='gpu0' is not a device"),
