@@ -36,6 +36,7 @@ __all__ = [
     "set_dmc_step_counters",
     "torchrl_wrapped_env",
     "trainer_cluster_environment",
+    "clear_lightning_sigterm",
     "wrapper_elapsed_steps",
 ]
 
@@ -197,3 +198,15 @@ def trainer_cluster_environment(trainer) -> Any | None:
     if environment is None:
         environment = getattr(getattr(trainer, "_accelerator_connector", None), "cluster_environment", None)
     return environment
+
+
+def clear_lightning_sigterm(trainer) -> None:
+    """Forget a SIGTERM Lightning's own handler recorded (MR.Q's checkpoint callback has taken it over).
+
+    Why private: ``Trainer.received_sigterm`` is a read-only property over
+    ``Trainer._signal_connector.received_sigterm`` (lightning 2.6.6 ``trainer/connectors/signal_connector.py``);
+    while it is set, the training loop raises ``SIGTERMException`` (a ``SystemExit`` with code 0) after the step.
+    """
+    connector = getattr(trainer, "_signal_connector", None)
+    if connector is not None:
+        connector.received_sigterm = False

@@ -60,6 +60,7 @@ def _refused(args: list[str], cwd: Path, monkeypatch, capsys, in_process: bool =
         (FIT + ["--trainer.devices", "abc"], "--trainer options refused by Lightning"),
         (FIT + ["--trainer.max_epochs", "3"], "Fix: set the budget with --data.total_steps"),
         (FIT + ["--trainer.max_steps", "3"], "Fix: set the budget with --data.total_steps"),
+        (FIT + ["--trainer.min_epochs", "1"], "Fix: set the budget with --data.total_steps"),
         (["test", *SMOKE], "test evaluates a trained checkpoint: pass --ckpt_path PATH.ckpt, or --ckpt_path last"),
         (FIT + ["--ckpt_path", "missing.ckpt"], "checkpoint missing.ckpt does not exist"),
     ],
@@ -75,6 +76,20 @@ def test_unwritable_directories_are_refused_at_start(tmp_path, monkeypatch, caps
     for option in ("--trainer.default_root_dir", "--checkpoint.dirpath", "--trainer.logger.init_args.save_dir"):
         line = _refused([*FIT, option, str(blocker / "sub")], tmp_path, monkeypatch, capsys)
         assert f"{option} {blocker / 'sub'} is not a writable directory" in line and "Fix:" in line
+
+
+def test_misspelled_yaml_key_gets_a_did_you_mean(tmp_path, monkeypatch, capsys):
+    (tmp_path / "typo.yaml").write_text("checkpoint:\n  keep_lst: 2\n")
+    line = _refused([*FIT, "--config", str(tmp_path / "typo.yaml")], tmp_path, monkeypatch, capsys)
+    assert "unknown option --checkpoint.keep_lst; did you mean --checkpoint.keep_last?" in line
+
+
+@pytest.mark.parametrize("value", ["egl", "osmesa", "glfw", "disable", "off", ""])
+def test_mujoco_gl_values_mujoco_and_dm_control_accept(value, monkeypatch):
+    from mrq_lightning.rendering import check_mujoco_gl
+
+    monkeypatch.setenv("MUJOCO_GL", value)
+    assert check_mujoco_gl() == value
 
 
 def test_invalid_mujoco_gl_is_named(tmp_path, monkeypatch, capsys):
@@ -116,6 +131,24 @@ def test_default_root_dir_is_honoured(tmp_path, monkeypatch):
     main([*FIT, "--data.total_steps", "5", "--data.eval_episodes", "0", "--trainer.default_root_dir", "out"])
     assert (tmp_path / "out" / "logs" / "mrq" / "version_0" / "checkpoints" / "env_step=0000005.ckpt").is_file()
     assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.envs
+def test_a_failed_first_save_keeps_the_run_directory(tmp_path, monkeypatch, capsys):
+    """Once training has started, a later error never removes what the run wrote (its TensorBoard events)."""
+    from mrq_lightning.training import checkpoint_io
+
+    def full_disk(obj, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_io, "atomic_torch_save", full_disk)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main([*FIT, "--data.total_steps", "20", "--data.eval_episodes", "0"])
+    assert exc.value.code == 2
+    assert "The last complete checkpoint is none" in capsys.readouterr().err
+    run_dir = tmp_path / "logs" / "mrq" / "version_0"
+    assert list(run_dir.glob("events.out.tfevents.*")) and not list(run_dir.glob("checkpoints/*.replay"))
 
 
 @pytest.mark.envs

@@ -195,6 +195,8 @@ class MRQCheckpoint(ModelCheckpoint):
             self.signals = SignalLatch(STOP_SIGNALS + _slurm_requeue_signals(trainer), rank=trainer.global_rank)
             if trainer.received_sigterm:  # arrived between Lightning's handler registration and now
                 self.signals.trip(signal.SIGTERM)
+                # Handled here from now on; left set, Lightning would also end the loop with exit code 0.
+                third_party.clear_lightning_sigterm(trainer)
             self.signals.install()
         directory = Path(self.dirpath)
         if not trainer.ckpt_path and any(step_checkpoints(directory)):
@@ -205,6 +207,8 @@ class MRQCheckpoint(ModelCheckpoint):
             )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self.stopped_by_signal is not None:
+            return  # saved and stopping (the fit loop ends after this step)
         step = pl_module.env_steps
         by_time = self.every_n_minutes > 0 and time.monotonic() - self._last_save_time >= 60 * self.every_n_minutes
         signum = self.signals.received if self.signals is not None else None

@@ -9,13 +9,18 @@ checkpoint. A start refused after the logger made its run directory leaves no em
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import signal
 import sys
 import warnings
 from pathlib import Path
 
 from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from mrq_lightning import third_party
 from mrq_lightning.errors import CheckpointError, ConfigurationError, MRQUserError
@@ -35,8 +40,6 @@ CONFIGURABLE = {"model": MRQ, "data": MRQDataModule, "checkpoint": MRQCheckpoint
 TOP_LEVEL_KEYS = ("config", "seed_everything", "ckpt_path", "print_config", "weights_only")
 PRESETS = ("gym", "dmc", "dmc_visual", "atari", "quickstart", "smoke")
 _SEED_MAX = 2**32 - 1  # numpy's seed range
-# (logger root, its nearest ancestor that existed, the run directories that existed) at this start
-_runs_started: list[tuple[Path, Path, set[str]]] = []
 
 TRAINER_DEFAULTS = {
     # One epoch = the whole env-step budget (MRQUpdater steps its optimizers itself: global_step stays 0, unused).
@@ -59,11 +62,32 @@ def _env_seed(seed_everything) -> int:
     return int(seed_everything)
 
 
+class _RefusedStart:
+    """What a start refused before training may clean up (see ``_remove_runs_of_a_refused_start``)."""
+
+    def __init__(self) -> None:
+        self.loggers: list = []  # (logger, nearest ancestor of its root that existed, run directories that existed)
+        self.started = False
+
+
+_refused_start = _RefusedStart()
+
+
+class _MarkStarted(Callback):
+    """From the first env step (or test episode) on, nothing this run created is ever removed."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        _refused_start.started = True
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        _refused_start.started = True
+
+
 class MRQArgumentParser(LightningArgumentParser):
     """Parse errors in one line, with a did-you-mean for misspelled options (``cli_messages.py``)."""
 
     def error(self, message: str, ex: Exception | None = None):
-        if not self.exit_on_error:
+        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
             return super().error(message, ex)
         from lightning.pytorch import Trainer
 
@@ -97,7 +121,7 @@ class MRQLightningCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config.trainer
         if (trainer.get("max_steps") not in (-1, None) or trainer.get("min_steps") not in (0, None)
-                or trainer.get("max_epochs") not in (1, None) or trainer.get("min_epochs") not in (None, 0, 1)):  # fmt: skip
+                or trainer.get("max_epochs") != 1 or trainer.get("min_epochs") not in (None, 0)):  # fmt: skip
             raise ConfigurationError(BUDGET_IN_ENV_STEPS)
         root = trainer.get("default_root_dir")
         logger = trainer.get("logger")
@@ -130,6 +154,7 @@ class MRQLightningCLI(LightningCLI):
         # would otherwise refuse a ModelCheckpoint subclass next to that flag).
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, MRQCheckpoint)]
+        callbacks = [*callbacks, _MarkStarted()]
         if self.subcommand == "test":
             # `test` logs into the checkpoint's run directory: its config.yaml is the training run's, keep it.
             self.save_config_callback = None
@@ -138,7 +163,8 @@ class MRQLightningCLI(LightningCLI):
             return super()._instantiate_trainer(config, callbacks)
         except MRQUserError:
             raise
-        except (TypeError, ValueError) as err:  # Lightning's own checks of trainer arguments (devices, strategy ...)
+        except (TypeError, ValueError, RuntimeError, MisconfigurationException) as err:  # Lightning's checks of
+            # trainer arguments (devices, strategy, an accelerator this machine does not have ...)
             raise ConfigurationError(f"--trainer options refused by Lightning: {err}") from err
 
     def _parse_ckpt_path(self) -> None:
@@ -171,7 +197,7 @@ class MRQLightningCLI(LightningCLI):
         config = self.config_init[self.subcommand]
         ckpt_path = config.get("ckpt_path")
         job = slurm_job_id() if _under_slurm_auto_requeue(self.trainer) else None
-        if not ckpt_path and job is not None:
+        if not ckpt_path and job is not None and int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0:
             # A requeued SLURM job runs its command again, unchanged: it resumes the run it saved (training/signals.py).
             requeued = checkpoint.find_requeued(self.trainer, job, self.model, self.datamodule)
             if requeued is not None:
@@ -189,7 +215,7 @@ class MRQLightningCLI(LightningCLI):
         self._note_run_directories()
 
     def _note_run_directories(self) -> None:
-        """Remember the run directories that exist now: a start refused later removes only the one it created."""
+        """Remember what exists now: a start refused before training removes only the run directory it created."""
         for logger in self.trainer.loggers:
             root = getattr(logger, "root_dir", None)
             if root is not None:
@@ -197,7 +223,7 @@ class MRQLightningCLI(LightningCLI):
                 existing = root
                 while not existing.exists() and existing != existing.parent:
                     existing = existing.parent
-                _runs_started.append((root, existing, {p.name for p in root.iterdir()} if root.is_dir() else set()))
+                _refused_start.loggers.append((logger, existing, {p.name for p in root.iterdir()} if root.is_dir() else set()))
     def _mrq_checkpoint(self) -> MRQCheckpoint | None:
         return next((c for c in self.trainer.checkpoint_callbacks if isinstance(c, MRQCheckpoint)), None)
 
@@ -234,7 +260,7 @@ def build_cli(args=None, run: bool = True) -> MRQLightningCLI:
     """Build (and by default run) the CLI; ``args`` as a list replaces ``sys.argv[1:]``."""
     check_mujoco_gl()
     _quiet_framework_noise()
-    _runs_started.clear()
+    _refused_start.__init__()
     parser_kwargs = {"allow_abbrev": False, **{name: {"allow_abbrev": False} for name in MRQLightningCLI.subcommands()}}
     return MRQLightningCLI(
         MRQ,
@@ -262,18 +288,27 @@ def _user_error(err: BaseException) -> MRQUserError | None:
     return None
 
 
+def _launched_by_lightning(trainer) -> bool:
+    """This process is a DDP rank started by Lightning's subprocess launcher (not rank 0, not srun/torchrun)."""
+    launcher = trainer.strategy.launcher
+    return isinstance(launcher, _SubprocessScriptLauncher) and trainer.local_rank != 0
+
+
 def _under_slurm_auto_requeue(trainer) -> bool:
     environment = third_party.trainer_cluster_environment(trainer)
     return isinstance(environment, SLURMEnvironment) and environment.auto_requeue
 
 
 def _remove_runs_of_a_refused_start() -> None:
-    """Delete run directories this invocation created and that hold no checkpoint (a refused start)."""
-    for root, existed, before in _runs_started:
-        if not root.is_dir():
-            continue
-        for run_dir in root.iterdir():
-            if run_dir.name not in before and run_dir.is_dir() and not any(run_dir.glob("checkpoints/*.ckpt")):
+    """A start refused before its first env step: delete the run directory its logger created (and logs/mrq, logs if
+    this start made them and they are empty). Never after training started, never a directory that existed."""
+    if _refused_start.started:
+        return
+    for logger, existed, before in _refused_start.loggers:
+        root = Path(logger.root_dir).absolute()
+        run_dir = Path(logger.log_dir).absolute()
+        if run_dir.parent == root and run_dir.name not in before and run_dir.is_dir():
+            if not any(run_dir.glob("checkpoints/*.ckpt")):
                 shutil.rmtree(run_dir, ignore_errors=True)
         for created in [root, *root.parents]:  # e.g. logs/mrq, then logs, if this start made them and they are empty
             if created == existed or not created.is_relative_to(existed):
@@ -304,7 +339,11 @@ def main(args=None) -> None:
             sys.argv[1:] = argv  # LightningCLI reads sys.argv (DDP workers re-run it)
         cli = build_cli(None if args is None else argv)
         if cli.exit_code:
-            sys.exit(cli.exit_code)  # stopped by a signal after a checkpoint: a scheduler must not see success
+            # Stopped by a signal after a checkpoint: a scheduler must not see success. Ranks that Lightning's DDP
+            # launcher started exit 0 (a non-zero child makes the launcher SIGKILL rank 0, which reports 128 + n).
+            sys.exit(0 if _launched_by_lightning(cli.trainer) else cli.exit_code)
+    except SIGTERMException:
+        sys.exit(128 + signal.SIGTERM)  # Lightning's own SIGTERM path (before MR.Q's handler): not a success
     except Exception as err:
         user_error = _user_error(err)
         if user_error is None:

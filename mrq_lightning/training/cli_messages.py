@@ -110,7 +110,12 @@ def one_line_error(message: str, groups: dict[str, list[str]], extra_keys: Itera
     help_hint = f"(python -m mrq_lightning {subcommand or 'fit'} --help lists the options)"
     group = re.search(r'Parser key "(\w+)"', message)
     group_name = group.group(1) if group else ""
-    unknown = re.search(r"Option '([\w.]+)' is not accepted", message) or re.search(r"Key '([\w.]+)' is not expected", message)
+    unknown = re.search(r"Option '([\w.]+)' is not accepted", message)
+    group_option = re.search(r"(?:Group|Subcommand) '([\w.]+)' does not accept (?:nested key|option) '([\w.]+)'", message)
+    if group_option:  # a misspelled key in a YAML file
+        group_name, key = group_option.group(1), group_option.group(2)
+        key = key if group_name in ("fit", "test") else f"{group_name}.{key}"
+        return f"unknown option --{key}{_did_you_mean(key, valid)} {help_hint}"
     if unknown:
         key = unknown.group(1).removeprefix("init_args.")
         key = key if "." in key or not group_name else f"{group_name}.{key}"

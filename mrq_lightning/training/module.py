@@ -174,7 +174,7 @@ class MRQ(LightningModule):
             )
         trainer = self.trainer
         if (trainer.max_steps not in (-1, None) or trainer.min_steps not in (0, None)
-                or trainer.max_epochs != 1 or trainer.min_epochs not in (None, 0, 1)):  # fmt: skip
+                or trainer.max_epochs != 1 or trainer.min_epochs not in (None, 0)):  # fmt: skip
             raise MRQUserError(BUDGET_IN_ENV_STEPS)
         if self.loss_module is not None:
             return

@@ -24,7 +24,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Iterable
 
@@ -92,7 +91,12 @@ class SignalLatch:
                 f"{prefix}received {signal_name(signum)} again: still finishing the checkpoint (kill -9 stops at once; "
                 "the last complete checkpoint stays valid)"
             )
-        print(message, file=sys.stderr, flush=True)
+        # os.write, not print: a handler that interrupts a buffered write to stderr (tqdm, logging) and prints
+        # itself raises "reentrant call" in the main thread.
+        try:
+            os.write(2, (message + "\n").encode())
+        except OSError:
+            pass
 
 
 def slurm_job_id(environ: os._Environ | dict | None = None) -> str | None:
