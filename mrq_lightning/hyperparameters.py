@@ -49,12 +49,17 @@ def _require(ok: bool, name: str, value: Any, accepted: str) -> None:
         raise ConfigurationError(f"MR.Q hyperparameter {name}={value!r} is invalid: it must be {accepted}")
 
 
-def _finite(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """An integer, not a bool (YAML's ``true`` must not pass as 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return is_int(value) and value >= 1
 
 
 class _Group:
@@ -70,9 +75,9 @@ class _Group:
                 _require(_positive_int(value), name, value, "an integer >= 1")
             elif field.type in ("float", float):
                 if name in self._positive:
-                    _require(_finite(value) and value > 0, name, value, "a finite number > 0")
+                    _require(is_finite_number(value) and value > 0, name, value, "a finite number > 0")
                 else:
-                    _require(_finite(value) and value >= 0, name, value, "a finite number >= 0")
+                    _require(is_finite_number(value) and value >= 0, name, value, "a finite number >= 0")
                 if name in self._at_most_one:
                     _require(value <= 1, name, value, "in [0, 1]")
 

@@ -108,9 +108,9 @@ class EnvStepProgressBar(TQDMProgressBar):
         if learning != self._learning:
             self._learning = learning
             self._rate.reset()  # a new phase, a new rate
-        self._rate.add(now, n)
         if self._should_update(n, bar.total) or now - self._last_refresh >= self.REFRESH_SECONDS:
             self._last_refresh = now
+            self._rate.add(now, n)  # a mark per refresh is enough for a one-minute window
             bar.n = n
             bar.set_postfix(self._postfix(trainer, pl_module, n, bar.total))
 

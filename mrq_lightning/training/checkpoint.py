@@ -57,6 +57,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from mrq_lightning import third_party
 from mrq_lightning.errors import CheckpointError, ConfigurationError, MRQUserError
+from mrq_lightning.hyperparameters import is_finite_number, is_int
 from mrq_lightning.training.checkpoint_io import (
     LAST,
     RUN_FILE,
@@ -74,21 +75,18 @@ from mrq_lightning.training.checkpoint_io import (
 )
 from mrq_lightning.training.resume import CKPT_FORMAT
 from mrq_lightning.training.runs import newest_matching, read_run_file, run_config
-from mrq_lightning.training.signals import STOP_SIGNALS, SignalLatch, request_requeue, signal_name, slurm_job_id
+from mrq_lightning.training.signals import (
+    STOP_SIGNALS,
+    SignalLatch,
+    request_requeue,
+    signal_name,
+    slurm_job_id,
+    slurm_requeue_signal,
+)
 
 log = logging.getLogger(__name__)
 
 __all__ = ["MRQCheckpoint", "check_writable_directory", "missing_checkpoint_error"]
-
-def _slurm_requeue_signals(trainer) -> tuple[int, ...]:
-    """The signal SLURM's auto-requeue is bound to (Lightning's ``SLURMEnvironment``), when running under it."""
-    from lightning.fabric.plugins.environments import SLURMEnvironment
-
-    environment = third_party.trainer_cluster_environment(trainer)
-    if isinstance(environment, SLURMEnvironment) and environment.auto_requeue and environment.requeue_signal:
-        return (int(environment.requeue_signal),)
-    return ()
-
 
 def _agree_across_ranks(trainer, by_time: bool, signum: int | None) -> tuple[bool, int | None]:
     """DDP: every rank saves and stops together (the timer or a signal on any rank counts for all)."""
@@ -98,14 +96,6 @@ def _agree_across_ranks(trainer, by_time: bool, signum: int | None) -> tuple[boo
     dist.all_reduce(flags, op=dist.ReduceOp.MAX)
     by_time_all, signum_all = flags.tolist()
     return bool(by_time_all), (int(signum_all) or None)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
 
 
 class MRQCheckpoint(ModelCheckpoint):
@@ -141,11 +131,11 @@ class MRQCheckpoint(ModelCheckpoint):
         bad = [
             f"checkpoint.{name}={value!r} must be {rule}"
             for name, value, ok, rule in (
-                ("every_n_env_steps", every_n_env_steps, _is_int(every_n_env_steps) and every_n_env_steps >= 0,
+                ("every_n_env_steps", every_n_env_steps, is_int(every_n_env_steps) and every_n_env_steps >= 0,
                  "an integer >= 0 (0 = no step cadence)"),
-                ("every_n_minutes", every_n_minutes, _is_number(every_n_minutes) and every_n_minutes >= 0,
+                ("every_n_minutes", every_n_minutes, is_finite_number(every_n_minutes) and every_n_minutes >= 0,
                  "a number >= 0 (0 = no time cadence)"),
-                ("keep_last", keep_last, _is_int(keep_last) and (keep_last >= 1 or keep_last == -1),
+                ("keep_last", keep_last, is_int(keep_last) and (keep_last >= 1 or keep_last == -1),
                  "an integer >= 1, or -1 to keep all"),
             )
             if not ok
@@ -192,7 +182,8 @@ class MRQCheckpoint(ModelCheckpoint):
         )
         if self.save_on_signal:
             # Installed last, over Lightning's own SIGTERM handler (which would end the fit with exit code 0).
-            self.signals = SignalLatch(STOP_SIGNALS + _slurm_requeue_signals(trainer), rank=trainer.global_rank)
+            requeue = slurm_requeue_signal(trainer)
+            self.signals = SignalLatch(STOP_SIGNALS + ((requeue,) if requeue else ()), rank=trainer.global_rank)
             if trainer.received_sigterm:  # arrived between Lightning's handler registration and now
                 self.signals.trip(signal.SIGTERM)
                 # Handled here from now on; left set, Lightning would also end the loop with exit code 0.
@@ -225,7 +216,7 @@ class MRQCheckpoint(ModelCheckpoint):
         self.stopped_by_signal = signum
         trainer.should_stop = True
         requeued = False
-        if signum in _slurm_requeue_signals(trainer) and trainer.is_global_zero:
+        if signum == slurm_requeue_signal(trainer) and trainer.is_global_zero:
             job = slurm_job_id()
             requeued = job is not None and request_requeue(job)
         rank_zero_info(

@@ -16,21 +16,19 @@ import sys
 import warnings
 from pathlib import Path
 
-from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from mrq_lightning import third_party
 from mrq_lightning.errors import CheckpointError, ConfigurationError, MRQUserError
 from mrq_lightning.rendering import check_mujoco_gl
 from mrq_lightning.training.callbacks import EnvStepProgressBar
 from mrq_lightning.training.checkpoint import MRQCheckpoint, check_writable_directory, missing_checkpoint_error
 from mrq_lightning.training.cli_messages import HELP_ALL, one_line_error, option_groups, short_help
 from mrq_lightning.training.datamodule import MRQDataModule
-from mrq_lightning.training.module import BUDGET_IN_ENV_STEPS, MRQ
-from mrq_lightning.training.signals import slurm_job_id
+from mrq_lightning.training.module import BUDGET_IN_ENV_STEPS, MRQ, lightning_budget_set
+from mrq_lightning.training.signals import slurm_job_id, slurm_requeue_signal
 
 _CKPT_KEYWORDS = ("last", "best", "hpc", "registry")  # --ckpt_path values Lightning resolves itself (not files)
 
@@ -120,8 +118,8 @@ class MRQLightningCLI(LightningCLI):
         """Checks that need no class: output directories, and ``test``'s checkpoint."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config.trainer
-        if (trainer.get("max_steps") not in (-1, None) or trainer.get("min_steps") not in (0, None)
-                or trainer.get("max_epochs") != 1 or trainer.get("min_epochs") not in (None, 0)):  # fmt: skip
+        if lightning_budget_set(trainer.get("max_steps"), trainer.get("min_steps"), trainer.get("max_epochs"),
+                                trainer.get("min_epochs")):  # fmt: skip
             raise ConfigurationError(BUDGET_IN_ENV_STEPS)
         root = trainer.get("default_root_dir")
         logger = trainer.get("logger")
@@ -196,7 +194,7 @@ class MRQLightningCLI(LightningCLI):
             return
         config = self.config_init[self.subcommand]
         ckpt_path = config.get("ckpt_path")
-        job = slurm_job_id() if _under_slurm_auto_requeue(self.trainer) else None
+        job = slurm_job_id() if slurm_requeue_signal(self.trainer) is not None else None
         if not ckpt_path and job is not None and int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0:
             # A requeued SLURM job runs its command again, unchanged: it resumes the run it saved (training/signals.py).
             requeued = checkpoint.find_requeued(self.trainer, job, self.model, self.datamodule)
@@ -292,11 +290,6 @@ def _launched_by_lightning(trainer) -> bool:
     """This process is a DDP rank started by Lightning's subprocess launcher (not rank 0, not srun/torchrun)."""
     launcher = trainer.strategy.launcher
     return isinstance(launcher, _SubprocessScriptLauncher) and trainer.local_rank != 0
-
-
-def _under_slurm_auto_requeue(trainer) -> bool:
-    environment = third_party.trainer_cluster_environment(trainer)
-    return isinstance(environment, SLURMEnvironment) and environment.auto_requeue
 
 
 def _remove_runs_of_a_refused_start() -> None:

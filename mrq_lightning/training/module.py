@@ -70,6 +70,16 @@ BUDGET_IN_ENV_STEPS = (
 )
 
 
+def lightning_budget_set(max_steps, min_steps, max_epochs, min_epochs) -> bool:
+    """Whether Lightning's own budget differs from MR.Q's one epoch of ``data.total_steps`` env steps."""
+    return max_steps not in (-1, None) or min_steps not in (0, None) or max_epochs != 1 or min_epochs not in (None, 0)
+
+
+def _spread(returns: list[float]) -> float:
+    """Sample standard deviation of episode returns (0 for a single episode)."""
+    return float(torch.tensor(returns).std()) if len(returns) > 1 else 0.0
+
+
 class MRQ(LightningModule):
     """MR.Q agent with manual optimization over three AdamW optimizers (encoder, value, policy).
 
@@ -173,8 +183,7 @@ class MRQ(LightningModule):
                 "turns 16-mixed into bf16-mixed.)"
             )
         trainer = self.trainer
-        if (trainer.max_steps not in (-1, None) or trainer.min_steps not in (0, None)
-                or trainer.max_epochs != 1 or trainer.min_epochs not in (None, 0)):  # fmt: skip
+        if lightning_budget_set(trainer.max_steps, trainer.min_steps, trainer.max_epochs, trainer.min_epochs):
             raise MRQUserError(BUDGET_IN_ENV_STEPS)
         if self.loss_module is not None:
             return
@@ -287,7 +296,7 @@ class MRQ(LightningModule):
         # unaffected by when (or whether) it evaluates, so a resumed run matches an uninterrupted one.
         with torch.autocast(self.device.type, enabled=False):
             returns = datamodule.evaluate(self.acting_policy)
-            scalars = {"eval/return": mean(returns), "eval/return_std": float(torch.tensor(returns).std()) if len(returns) > 1 else 0.0}
+            scalars = {"eval/return": mean(returns), "eval/return_std": _spread(returns)}
             if self.env_info.discrete:  # algorithm §16 Q10: the official rule is stochastic; log the greedy one beside it
                 scalars["eval/return_greedy"] = mean(datamodule.evaluate(self.acting_policy, ExplorationType.MODE))
         self.train(was_training)
@@ -338,7 +347,7 @@ class MRQ(LightningModule):
         scalars = {}
         for name, rule in rules:
             returns = datamodule.evaluate(self.acting_policy, rule)
-            std = float(torch.tensor(returns).std()) if len(returns) > 1 else 0.0
+            std = _spread(returns)
             scalars[f"test/{name}"] = mean(returns)
             if name == "return":
                 scalars["test/return_std"] = std

@@ -27,9 +27,13 @@ import subprocess
 import threading
 from collections.abc import Iterable
 
+from lightning.fabric.plugins.environments import SLURMEnvironment
+
+from mrq_lightning import third_party
+
 log = logging.getLogger(__name__)
 
-__all__ = ["STOP_SIGNALS", "SignalLatch", "request_requeue", "signal_name", "slurm_job_id"]
+__all__ = ["STOP_SIGNALS", "SignalLatch", "request_requeue", "signal_name", "slurm_job_id", "slurm_requeue_signal"]
 
 STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
@@ -97,6 +101,15 @@ class SignalLatch:
             os.write(2, (message + "\n").encode())
         except OSError:
             pass
+
+
+def slurm_requeue_signal(trainer) -> int | None:
+    """The signal Lightning's SLURM auto-requeue is bound to (``SLURMEnvironment(auto_requeue=True)``, SIGUSR1 by
+    default) when this run is under it, else ``None``."""
+    environment = third_party.trainer_cluster_environment(trainer)
+    if isinstance(environment, SLURMEnvironment) and environment.auto_requeue and environment.requeue_signal:
+        return int(environment.requeue_signal)
+    return None
 
 
 def slurm_job_id(environ: os._Environ | dict | None = None) -> str | None:
