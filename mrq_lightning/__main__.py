@@ -1,4 +1,4 @@
-"""``python -m mrq_lightning fit --config configs/gym.yaml``."""
+"""``python -m mrq_lightning fit --config configs/gym.yaml``; ``sweep`` and ``report`` for benchmark protocols."""
 
 import sys
 
@@ -11,6 +11,10 @@ if __name__ == "__main__":
     except MRQUserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    if sys.argv[1:2] in (["sweep"], ["report"]):
+        from mrq_lightning.experiments.cli import main as experiments_main
+
+        experiments_main(sys.argv[1], sys.argv[2:])
     from mrq_lightning.training.cli import main
 
     main()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-__all__ = ["fsync_directory", "atomic_torch_save"]
+__all__ = ["fsync_directory", "atomic_torch_save", "atomic_write_text"]
 
 
 def fsync_directory(path: str | os.PathLike) -> None:
@@ -31,12 +31,21 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
     Readers see either the previous file or the complete new one, never a partial write.
     """
+    _atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) the same crash-safe way as :func:`atomic_torch_save`."""
+    _atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[Any], Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

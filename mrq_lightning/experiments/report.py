@@ -1,0 +1,216 @@
+"""``python -m mrq_lightning report``: a sweep's curves and aggregates beside the official MR.Q results.
+
+Writes into ``--out``:
+
+* ``curves/<env>.png``: our seed mean and its 95% bootstrap interval, the official 10-seed mean and their min-max
+  range, over env steps (up to our last evaluation);
+* ``aggregate.png``: per benchmark, the aggregate mean over the sweep's envs (normalised as in the paper) with its 95%
+  stratified-bootstrap interval, ours and the official seeds' on the same envs;
+* ``report.md``: the aggregates (mean, median, IQM with intervals; ``statistics.py``) at the paper's checkpoints the
+  sweep reached (or ``--steps``), and per env the score at those steps beside the official mean and range (inside /
+  outside) and the paper's appendix-table value.
+
+Aggregates compare like with like: the official numbers are recomputed on the same envs and steps as ours, so a
+3-env sweep is not compared with a 28-env mean.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from pathlib import Path
+
+import numpy as np
+
+from mrq_lightning.errors import MRQUserError
+from mrq_lightning.experiments import paper, statistics
+from mrq_lightning.experiments.scalars import run_curve
+
+Curves = dict[str, dict[int, dict[int, float]]]  # env -> seed -> {env step: eval return}
+ATTRIBUTION = ("Official results: per-seed evaluation returns of Fujimoto et al. (2025), github.com/facebookresearch/MRQ "
+               "`results/`, CC BY-NC 4.0 (mrq_lightning/paper_data/README.md).")  # fmt: skip
+
+
+def collect(root: Path) -> Curves:
+    """Every run's ``eval/return`` curve under a sweep directory (``<root>/<benchmark>/<env>/seed_<k>/``)."""
+    curves: Curves = {}
+    for seed_dir in sorted(Path(root).glob("*/*/seed_*")):
+        match = re.fullmatch(r"seed_(\d+)", seed_dir.name)
+        curve = run_curve(seed_dir) if match else {}
+        if curve:
+            curves.setdefault(seed_dir.parent.name, {})[int(match.group(1))] = curve
+    return curves
+
+
+def common_steps(seeds: dict[int, dict[int, float]]) -> list[int]:
+    """Env steps at which every seed of an env has an evaluation."""
+    return sorted(set.intersection(*(set(curve) for curve in seeds.values())))
+
+
+def report_steps(curves: Curves, requested: list[int] | None) -> list[int]:
+    """``requested``, else the paper's checkpoints every env reached plus the last step they all share."""
+    if requested:
+        return sorted(requested)
+    shared = sorted(set.intersection(*(set(common_steps(seeds)) for seeds in curves.values())))
+    if not shared:
+        return []
+    checkpoints = {c for env in curves for c in paper.BENCHMARKS[paper.benchmark_of(env)].checkpoints}
+    return sorted({s for s in shared if s in checkpoints} | {shared[-1]})
+
+
+def env_rows(env: str, seeds: dict[int, dict[int, float]], steps: list[int]) -> list[dict]:
+    """Per reporting step: our seed mean, the official mean, min and max at that step, and whether ours is inside."""
+    official = paper.official_curve(env)
+    rows = []
+    for step in steps:
+        ours = [curve[step] for curve in seeds.values() if step in curve]
+        if not ours:
+            continue
+        row = {"env": env, "step": step, "seeds": len(ours), "ours": float(np.mean(ours))}
+        if official is not None and step in official.steps:
+            values = official.at(step)
+            row.update(official_mean=float(values.mean()), official_min=float(values.min()),
+                       official_max=float(values.max()), paper_table=official.paper_table_value())  # fmt: skip
+            row["inside"] = row["official_min"] <= row["ours"] <= row["official_max"]
+        rows.append(row)
+    return rows
+
+
+def aggregate_rows(curves: Curves, steps: list[int], reps: int) -> list[dict]:
+    """Per benchmark and step: ours and the official seeds' aggregates over the same envs (those with official
+    results and normalisation constants, and an evaluation at that step for every one of our seeds)."""
+    rows = []
+    for benchmark in paper.BENCHMARKS:
+        envs = [e for e in curves if paper.benchmark_of(e) == benchmark and paper.official_curve(e) is not None
+                and paper.has_normalization(e)]  # fmt: skip
+        for step in steps:
+            usable = [e for e in envs if step in common_steps(curves[e]) and step in paper.official_curve(e).steps]
+            if not usable:
+                continue
+            n_seeds = min(len(curves[e]) for e in usable)
+            ours = np.stack([paper.normalize(e, [curves[e][s][step] for s in sorted(curves[e])[:n_seeds]])
+                             for e in usable], axis=1)  # fmt: skip
+            official = np.stack([paper.normalize(e, paper.official_curve(e).at(step)) for e in usable], axis=1)
+            rows.append({"benchmark": benchmark, "step": step, "envs": usable, "seeds": n_seeds,
+                         "ours": statistics.aggregate(ours, reps=reps),
+                         "official": statistics.aggregate(official, reps=reps)})  # fmt: skip
+    return rows
+
+
+def _plot_env(env: str, seeds: dict[int, dict[int, float]], path: Path, reps: int) -> None:
+    import matplotlib.pyplot as plt
+
+    steps = common_steps(seeds)
+    returns = np.array([[seeds[s][t] for t in steps] for s in sorted(seeds)])
+    mean, low, high = statistics.mean_interval(returns, reps=reps)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    official = paper.official_curve(env)
+    if official is not None:
+        keep = official.steps <= max(steps)
+        ax.fill_between(official.steps[keep], official.returns[keep].min(1), official.returns[keep].max(1),
+                        color="tab:gray", alpha=0.25, label="official: 10-seed range")  # fmt: skip
+        ax.plot(official.steps[keep], official.returns[keep].mean(1), color="tab:gray", label="official: mean")
+    label = f"ours: mean of {len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
+    ax.plot(steps, mean, color="tab:blue", marker="o" if len(steps) < 30 else None, label=label)
+    if len(seeds) > 1:
+        ax.fill_between(steps, low, high, color="tab:blue", alpha=0.25, label="ours: 95% CI")
+    ax.set(title=env, xlabel="env steps (agent steps)", ylabel="evaluation return")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_aggregates(curves: Curves, path: Path, reps: int) -> bool:
+    """Aggregate mean over steps per benchmark, ours vs official on the same envs; False if nothing to plot."""
+    import matplotlib.pyplot as plt
+
+    panels = []
+    for benchmark in paper.BENCHMARKS:
+        envs = [e for e in curves if paper.benchmark_of(e) == benchmark and paper.official_curve(e) is not None
+                and paper.has_normalization(e)]  # fmt: skip
+        if envs:
+            steps = sorted(set.intersection(*(set(common_steps(curves[e])) & set(paper.official_curve(e).steps.tolist())
+                                               for e in envs)))  # fmt: skip
+            panels.append((benchmark, envs, steps))
+    panels = [p for p in panels if p[2]]
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (benchmark, envs, steps) in zip(axes[0], panels):
+        rows = aggregate_rows({e: curves[e] for e in envs}, steps, reps)
+        for who, color in (("official", "tab:gray"), ("ours", "tab:blue")):
+            point = [r[who]["mean"].point for r in rows]
+            ax.plot(steps, point, color=color, label=f"{who} ({rows[0]['seeds'] if who == 'ours' else 10} seeds)")
+            ax.fill_between(steps, [r[who]["mean"].low for r in rows], [r[who]["mean"].high for r in rows],
+                            color=color, alpha=0.25)  # fmt: skip
+        spec = paper.BENCHMARKS[benchmark]
+        ax.set(title=f"{spec.title}: mean over {len(envs)} env{'s' if len(envs) > 1 else ''}", xlabel="env steps",
+               ylabel=spec.score)  # fmt: skip
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _digits(benchmark: str) -> int:
+    return 1 if benchmark in ("dmc", "dmc-visual") else 3
+
+
+def markdown(root: Path, curves: Curves, steps: list[int], aggregates: list[dict], env_table: list[dict],
+             figures: list[Path], out: Path) -> str:  # fmt: skip
+    n_runs = sum(len(seeds) for seeds in curves.values())
+    lines = [f"# MR.Q sweep report: `{root}`", "",
+             f"{n_runs} runs on {len(curves)} envs; generated {datetime.date.today().isoformat()} by "
+             "`python -m mrq_lightning report`. Scores: evaluation return (mean of the evaluation episodes), "
+             "aggregated as in the paper (Gym TD3-normalised, DMC raw, Atari human-normalised), 95% "
+             "stratified-bootstrap intervals over seeds (rliable); the official columns are recomputed on the same "
+             "envs and steps.", "", ATTRIBUTION, ""]  # fmt: skip
+    if aggregates:
+        lines += ["## Aggregates", "", "| benchmark | env step | envs | seeds | metric | ours | official (10 seeds) |",
+                  "|---|---:|---:|---:|---|---|---|"]  # fmt: skip
+        for row in aggregates:
+            d = _digits(row["benchmark"])
+            for metric in statistics.METRICS:
+                lines.append(f"| {row['benchmark']} | {row['step']} | {len(row['envs'])} | {row['seeds']} | {metric} | "
+                             f"{row['ours'][metric].format(d)} | {row['official'][metric].format(d)} |")  # fmt: skip
+        lines.append("")
+    lines += ["## Per environment", "",
+              "Official range = min and max of the 10 official seeds at that step; *paper* = the paper's appendix "
+              "table value (final step, truncated mean).", "",
+              "| env | env step | seeds | ours | official mean | official range | inside | paper (final) |",
+              "|---|---:|---:|---:|---:|---|---|---:|"]  # fmt: skip
+    for row in env_table:
+        if "official_mean" in row:
+            lines.append(f"| {row['env']} | {row['step']} | {row['seeds']} | {row['ours']:.1f} | {row['official_mean']:.1f} | "
+                         f"[{row['official_min']:.1f}, {row['official_max']:.1f}] | {'yes' if row['inside'] else '**no**'} | "
+                         f"{row['paper_table']} |")  # fmt: skip
+        else:
+            lines.append(f"| {row['env']} | {row['step']} | {row['seeds']} | {row['ours']:.1f} | n/a | n/a | n/a | n/a |")
+    lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in figures]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(root: Path, out: Path, *, steps: list[int] | None = None, reps: int = 2000) -> list[Path]:
+    """Write the report of the sweep under ``root`` into ``out``; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    curves = collect(root)
+    if not curves:
+        raise MRQUserError(f"--root {root}: no run with eval/return scalars under <root>/<benchmark>/<env>/seed_<k>/")
+    steps = report_steps(curves, steps)
+    (out / "curves").mkdir(parents=True, exist_ok=True)
+    figures = []
+    for env, seeds in sorted(curves.items()):
+        figures.append(out / "curves" / f"{env}.png")
+        _plot_env(env, seeds, figures[-1], reps)
+    if _plot_aggregates(curves, out / "aggregate.png", reps):
+        figures.insert(0, out / "aggregate.png")
+    env_table = [row for env, seeds in sorted(curves.items()) for row in env_rows(env, seeds, steps)]
+    report = out / "report.md"
+    report.write_text(markdown(root, curves, steps, aggregate_rows(curves, steps, reps), env_table, figures, out))
+    return [report, *figures]
