@@ -48,14 +48,17 @@ def common_steps(seeds: dict[int, dict[int, float]]) -> list[int]:
 
 
 def report_steps(curves: Curves, requested: list[int] | None) -> list[int]:
-    """``requested``, else the paper's checkpoints every env reached plus the last step they all share."""
+    """``requested``, else the paper's checkpoints every env reached, the last step they all share, and the last
+    of those steps at which the official results also have an evaluation (every 5k or 100k steps)."""
     if requested:
         return sorted(requested)
     shared = sorted(set.intersection(*(set(common_steps(seeds)) for seeds in curves.values())))
     if not shared:
         return []
     checkpoints = {c for env in curves for c in paper.BENCHMARKS[paper.benchmark_of(env)].checkpoints}
-    return sorted({s for s in shared if s in checkpoints} | {shared[-1]})
+    official = [c for c in (paper.official_curve(env) for env in curves) if c is not None]
+    with_official = [s for s in shared if official and all(s in c.steps for c in official)]
+    return sorted({s for s in shared if s in checkpoints} | {shared[-1]} | set(with_official[-1:]))
 
 
 def env_rows(env: str, seeds: dict[int, dict[int, float]], steps: list[int]) -> list[dict]:
@@ -67,10 +70,12 @@ def env_rows(env: str, seeds: dict[int, dict[int, float]], steps: list[int]) -> 
         if not ours:
             continue
         row = {"env": env, "step": step, "seeds": len(ours), "ours": float(np.mean(ours))}
+        if official is not None:
+            row["paper_table"] = official.paper_table_value()
         if official is not None and step in official.steps:
             values = official.at(step)
             row.update(official_mean=float(values.mean()), official_min=float(values.min()),
-                       official_max=float(values.max()), paper_table=official.paper_table_value())  # fmt: skip
+                       official_max=float(values.max()))  # fmt: skip
             row["inside"] = row["official_min"] <= row["ours"] <= row["official_max"]
         rows.append(row)
     return rows
@@ -189,7 +194,8 @@ def markdown(root: Path, curves: Curves, steps: list[int], aggregates: list[dict
                          f"[{row['official_min']:.1f}, {row['official_max']:.1f}] | {'yes' if row['inside'] else '**no**'} | "
                          f"{row['paper_table']} |")  # fmt: skip
         else:
-            lines.append(f"| {row['env']} | {row['step']} | {row['seeds']} | {row['ours']:.1f} | n/a | n/a | n/a | n/a |")
+            lines.append(f"| {row['env']} | {row['step']} | {row['seeds']} | {row['ours']:.1f} | n/a | n/a | n/a | "
+                         f"{row.get('paper_table', 'n/a')} |")  # fmt: skip
     lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in figures]
     return "\n".join(lines) + "\n"
 

@@ -115,8 +115,8 @@ def run_sweep(runs: list[Run], fit_args: list[str], options: SweepOptions, out: 
     if not todo:
         out(summary_line(runs, started))
         return 0
-    stop = _StopRequest()
     ray = _start_ray(options)
+    stop = _StopRequest()  # after ray.init, which installs its own SIGTERM handler in the driver
     try:
         task = ray.remote(num_cpus=options.cpus_per_run, num_gpus=options.gpus_per_run, max_retries=0)(execute_run)
         capacity = _capacity(ray, options)
@@ -168,14 +168,17 @@ def _result(ray, ref) -> int | None:
 
 
 def _stop_runs(ray, in_flight: dict, options: SweepOptions, out: Callable[[str], None]) -> None:
-    """Cancel every running task (each sends SIGTERM to its fit) and wait until their checkpoints are written."""
-    for ref in in_flight:
-        ray.cancel(ref)
+    """Ask every running task to stop (each sends SIGTERM to its fit) and wait until their checkpoints are written.
+    Tasks not started yet are cancelled."""
+    for ref, run in in_flight.items():
+        run.request_stop()
+        if run.status().get("state") != RUNNING:
+            ray.cancel(ref)
     deadline = time.monotonic() + options.stop_grace
     waiting = dict(in_flight)
     while waiting and time.monotonic() < deadline:
-        waiting = {ref: run for ref, run in waiting.items() if run.status().get("state") == RUNNING}
-        time.sleep(0.5)
+        ready, _ = ray.wait(list(waiting), num_returns=len(waiting), timeout=0.5)  # ended or cancelled tasks
+        waiting = {ref: run for ref, run in waiting.items() if ref not in ready and run.status().get("state") == RUNNING}
     for run in in_flight.values():
         state = run.status().get("state")
         out(f"sweep: {run.label} {'stopped with a checkpoint' if state == INTERRUPTED else state}")

@@ -32,6 +32,9 @@ from mrq_lightning.experiments.paper import benchmark_of
 
 STATUS_FILE = "sweep_run.json"
 LOG_FILE = "fit.log"
+# The driver's stop request to the worker (a file: it reaches a worker on another node through the shared sweep
+# directory, and a worker that is blocked waiting for its fit sees it within a second).
+STOP_FILE = "sweep_stop"
 FINISHED, RUNNING, INTERRUPTED, FAILED = "finished", "running", "interrupted", "failed"
 # A fit stopped by one of these saved a checkpoint at its current env step first (README, "Stopping and resuming").
 STOP_EXIT_CODES = {128 + signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGUSR1}
@@ -65,6 +68,12 @@ class Run:
         """Finished with these same fit arguments (a sweep re-run with, say, a larger budget resumes the run)."""
         status = self.status()
         return status.get("state") == FINISHED and status.get("fit_args") == fit_args
+
+    def request_stop(self) -> None:
+        (self.directory / STOP_FILE).touch()
+
+    def stop_requested(self) -> bool:
+        return (self.directory / STOP_FILE).exists()
 
     def last_log_line(self) -> str:
         """The last non-empty line of ``fit.log`` (a failed fit's one-line error), progress-bar redraws removed."""
@@ -100,9 +109,10 @@ def _terminate_with_parent() -> None:  # pragma: no cover - runs in the child be
 
 def execute_run(run: Run, fit_args: list[str], threads: int, cwd: str) -> int:
     """Run one attempt of ``run`` as a ``fit`` subprocess and return its exit code; the status file says how it
-    ended. A cancellation (the sweep was stopped) is passed on as SIGTERM: the fit saves at its current env step and
-    exits 143."""
+    ended. A stop request (the sweep was stopped: :meth:`Run.request_stop` or a Ray cancellation) is passed on as
+    SIGTERM: the fit saves at its current env step and exits 143."""
     run.directory.mkdir(parents=True, exist_ok=True)
+    (run.directory / STOP_FILE).unlink(missing_ok=True)  # left by an earlier stopped sweep
     status = run.status()
     write_status(run, state=RUNNING, attempts=status.get("attempts", 0) + 1, fit_args=fit_args, host=os.uname().nodename)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -113,12 +123,20 @@ def execute_run(run: Run, fit_args: list[str], threads: int, cwd: str) -> int:
             preexec_fn=_terminate_with_parent,
         )  # fmt: skip
         try:
-            code = process.wait()
-        except BaseException:  # Ray's cancellation arrives as KeyboardInterrupt
+            code = None
+            while code is None:
+                try:
+                    code = process.wait(timeout=1.0)
+                except subprocess.TimeoutExpired:
+                    if run.stop_requested():
+                        process.send_signal(signal.SIGTERM)
+                        code = _wait_through_interrupts(process)
+        except BaseException:  # a Ray cancellation arrives as KeyboardInterrupt
             process.send_signal(signal.SIGTERM)
             code = _wait_through_interrupts(process)
     state = FINISHED if code == 0 else INTERRUPTED if code in STOP_EXIT_CODES else FAILED
     write_status(run, state=state, exit_codes=run.status().get("exit_codes", []) + [code])
+    (run.directory / STOP_FILE).unlink(missing_ok=True)
     return code
 
 

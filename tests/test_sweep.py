@@ -1,0 +1,130 @@
+"""``python -m mrq_lightning sweep`` and ``report`` end to end on embedded Ray (smoke overlay, one thread per run):
+every (env, seed) runs as an ordinary fit in its own directory, a re-run skips finished runs, a sweep stopped by
+SIGTERM resumes its interrupted run from the checkpoint it saved, bit-identically, and the report is written."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import CONFIGS, REPO, assert_same, cli_env, load_checkpoint, tensorboard_scalars
+
+pytestmark = pytest.mark.slow
+
+ENVS = ["Dmc-cartpole-balance", "Dmc-cartpole-swingup"]
+# Same fit options in every sweep here, so that runs of one (env, seed) are comparable bit for bit. A checkpoint every
+# 100 env steps tells the interruption test that the run is training.
+SWEEP = ["sweep", "--config", str(CONFIGS / "dmc.yaml"), "--config", str(CONFIGS / "smoke.yaml"), "--seeds", "0-1",
+         "--status_every", "5", "--progress_bar.refresh_rate", "0", "--checkpoint.every_n_env_steps", "100"]  # fmt: skip
+
+
+def sweep_command(root: Path, envs: list[str], *extra: str) -> list[str]:
+    return [sys.executable, "-m", "mrq_lightning", *SWEEP, "--envs", ",".join(envs), "--root", str(root), *extra]
+
+
+def run_dir(root: Path, env: str, seed: int) -> Path:
+    return root / "dmc" / env / f"seed_{seed}"
+
+
+def final_checkpoint(root: Path, env: str, seed: int) -> Path:
+    return run_dir(root, env, seed) / "logs" / "mrq" / "version_0" / "checkpoints" / "env_step=0000600.ckpt"
+
+
+def status(root: Path, env: str, seed: int) -> dict:
+    path = run_dir(root, env, seed) / "sweep_run.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+@pytest.fixture(scope="module")
+def full_sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """2 envs x 2 seeds, two runs at a time (one CPU each)."""
+    root = tmp_path_factory.mktemp("sweep") / "root"
+    proc = subprocess.run(sweep_command(root, ENVS), cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root, proc
+
+
+def test_sweep_runs_every_env_and_seed_as_a_fit_run(full_sweep):
+    root, proc = full_sweep
+    assert "4 runs to do, 2 at a time" in proc.stdout
+    assert "4 runs: 4 finished, 0 running, 0 pending, 0 failed" in proc.stdout  # the live summary's last line
+    for env in ENVS:
+        for seed in (0, 1):
+            state = status(root, env, seed)
+            assert (state["state"], state["attempts"], state["exit_codes"], state["seed"]) == ("finished", 1, [0], seed)
+            assert final_checkpoint(root, env, seed).is_file()
+            scalars = tensorboard_scalars(run_dir(root, env, seed) / "logs" / "mrq" / "version_0")
+            assert [step for step, _ in scalars["eval/return"]] == [0, 300, 600]
+    # Different seeds are different runs.
+    a, _, _ = load_checkpoint(final_checkpoint(root, ENVS[0], 0))
+    b, _, _ = load_checkpoint(final_checkpoint(root, ENVS[0], 1))
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert any(not (a["state_dict"][k] == b["state_dict"][k]).all() for k in a["state_dict"])
+
+
+def test_rerun_skips_finished_runs(full_sweep):
+    root, _ = full_sweep
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    proc = subprocess.run(sweep_command(root, ENVS), cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "4 of 4 runs already finished, skipped" in proc.stdout
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == before  # nothing touched
+
+
+def test_report_writes_figures_and_tables(full_sweep, tmp_path):
+    root, _ = full_sweep
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "mrq_lightning", "report", "--root", str(root), "--out", str(out)],
+                          cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for png in ("aggregate.png", "curves/Dmc-cartpole-balance.png", "curves/Dmc-cartpole-swingup.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    report = (out / "report.md").read_text()
+    assert "4 runs on 2 envs" in report and "CC BY-NC 4.0" in report
+    # Step 0 is the last step shared with the official evaluations (every 5k); step 600 is the runs' last one.
+    assert "| dmc | 0 | 2 | 2 | mean |" in report
+    assert "| Dmc-cartpole-swingup | 0 | 2 |" in report and "| Dmc-cartpole-swingup | 600 | 2 |" in report
+    assert "| 866 |" in report and "| 999 |" in report  # the paper's appendix values for the two tasks
+
+
+def test_sigterm_to_the_driver_saves_and_a_rerun_resumes_bit_identically(full_sweep, tmp_path):
+    """One env, seeds 0-1, one run at a time: SIGTERM once seed 1 is training; the re-run skips seed 0 and resumes
+    seed 1 from the checkpoint it saved when stopped; both end equal to the uninterrupted sweep's runs."""
+    reference, _ = full_sweep
+    root, env = tmp_path / "root", ENVS[0]
+    command = sweep_command(root, [env], "--max_concurrent", "1")
+    driver = subprocess.Popen(command, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    checkpoints = run_dir(root, env, 1) / "logs" / "mrq" / "version_0" / "checkpoints"
+    deadline = time.monotonic() + 600
+    while not list(checkpoints.glob("env_step=*.ckpt")) and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert driver.poll() is None, driver.stdout.read()[-3000:]
+    os.kill(driver.pid, signal.SIGTERM)
+    output, _ = driver.communicate(timeout=600)
+    assert driver.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert status(root, env, 0)["state"] == "finished"
+    stopped = status(root, env, 1)
+    assert stopped["state"] == "interrupted" and stopped["exit_codes"] == [143], output[-3000:]
+    saved = sorted(checkpoints.glob("env_step=*.ckpt"))
+    stopped_at = int(saved[-1].stem.split("=")[1])
+    assert 100 <= stopped_at < 600, saved  # saved at the step it had reached, not at the budget
+
+    proc = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert f"1 of 2 runs already finished, skipped: {env}/seed_0" in proc.stdout
+    log = (run_dir(root, env, 1) / "fit.log").read_text()
+    assert f"env step {stopped_at}" in log and "Restored all states from the checkpoint" in log
+    assert status(root, env, 1)["exit_codes"] == [143, 0]
+    for seed in (0, 1):
+        ours, ours_rank, ours_buffer = load_checkpoint(final_checkpoint(root, env, seed))
+        ref, ref_rank, ref_buffer = load_checkpoint(final_checkpoint(reference, env, seed))
+        assert_same(ours["state_dict"], ref["state_dict"], "state_dict")
+        assert_same(ours["optimizer_states"], ref["optimizer_states"], "optimizer_states")
+        assert_same(ours["mrq"], ref["mrq"], "mrq")
+        assert_same(ours_buffer, ref_buffer, "buffer")
