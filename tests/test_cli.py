@@ -179,3 +179,20 @@ def test_a_full_disk_names_the_last_good_checkpoint(tmp_path, monkeypatch, capsy
     assert sorted(p.name for p in directory.iterdir()) == [
         "env_step=0000020.ckpt", "env_step=0000020.replay", "last.ckpt", "mrq_run.json"
     ]  # fmt: skip
+
+
+def test_top_level_overview_and_unknown_subcommand():
+    """``python -m mrq_lightning`` lists the four subcommands; a misspelled one gets a did-you-mean (exit 2)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO, cli_env
+
+    overview = subprocess.run([sys.executable, "-m", "mrq_lightning", "--help"], cwd=REPO, env=cli_env(),
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert overview.returncode == 0 and all(f"  {name} " in overview.stdout for name in ("fit", "test", "sweep", "report"))
+    typo = subprocess.run([sys.executable, "-m", "mrq_lightning", "sweeep"], cwd=REPO, env=cli_env(),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert typo.returncode == 2 and typo.stdout == ""
+    assert typo.stderr == ("error: unknown subcommand 'sweeep' (did you mean 'sweep'?): choose from fit, test, sweep, "
+                           "report (python -m mrq_lightning --help)\n")  # fmt: skip
