@@ -128,3 +128,35 @@ def test_sigterm_to_the_driver_saves_and_a_rerun_resumes_bit_identically(full_sw
         assert_same(ours["optimizer_states"], ref["optimizer_states"], "optimizer_states")
         assert_same(ours["mrq"], ref["mrq"], "mrq")
         assert_same(ours_buffer, ref_buffer, "buffer")
+
+
+def test_a_killed_run_is_reported_and_resumed_by_a_rerun(full_sweep, tmp_path):
+    """kill -9 of one run's fit with --max_retries 0: that run is reported failed, the other finishes, the driver
+    exits 1; re-running the sweep resumes the killed run from its last checkpoint, bit-identically."""
+    reference, _ = full_sweep
+    root, env = tmp_path / "root", ENVS[1]
+    command = sweep_command(root, [env], "--max_retries", "0")
+    driver = subprocess.Popen(command, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    victim = run_dir(root, env, 0)
+    checkpoints = victim / "logs" / "mrq" / "version_0" / "checkpoints"
+    deadline = time.monotonic() + 600
+    while not list(checkpoints.glob("env_step=*.ckpt")) and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    fit = subprocess.run(["pgrep", "-f", f"default_root_dir {victim} "], capture_output=True, text=True).stdout.split()
+    assert len(fit) == 1, fit
+    os.kill(int(fit[0]), signal.SIGKILL)
+    output, _ = driver.communicate(timeout=600)
+    assert driver.returncode == 1, output[-3000:]
+    assert f"{env}/seed_0 FAILED after 1 attempts (exit -9)" in output
+    assert status(root, env, 0)["state"] == "failed" and status(root, env, 1)["state"] == "finished"
+
+    proc = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert f"1 of 2 runs already finished, skipped: {env}/seed_1" in proc.stdout
+    assert "Restored all states from the checkpoint" in (victim / "fit.log").read_text()
+    assert status(root, env, 0)["exit_codes"] == [-9, 0]
+    ours, _, ours_buffer = load_checkpoint(final_checkpoint(root, env, 0))
+    ref, _, ref_buffer = load_checkpoint(final_checkpoint(reference, env, 0))
+    assert_same(ours["state_dict"], ref["state_dict"], "state_dict")
+    assert_same(ours["optimizer_states"], ref["optimizer_states"], "optimizer_states")
+    assert_same(ours_buffer, ref_buffer, "buffer")
