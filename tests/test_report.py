@@ -125,3 +125,42 @@ def test_sweep_refuses_bad_input_before_any_work(argv, message, tmp_path, monkey
     with pytest.raises(MRQUserError, match=message.replace("(", r"\(").replace(".", r"\.")):
         cli.sweep_main(argv)
     assert not (tmp_path / "R").exists()  # nothing created
+
+
+def test_one_driver_per_sweep_directory(tmp_path):
+    from mrq_lightning.experiments.sweep import _SweepLock
+
+    first = _SweepLock(tmp_path)
+    with pytest.raises(MRQUserError, match=r"is in use by another sweep \(host .*, pid \d+\)"):
+        _SweepLock(tmp_path)
+    first.release()
+    _SweepLock(tmp_path).release()  # free again once the first driver is gone
+
+
+def test_resources_no_run_can_get_are_refused():
+    from mrq_lightning.experiments.sweep import SweepOptions, _capacity
+
+    class Cluster:  # what ray.cluster_resources() reports
+        def __init__(self, **resources):
+            self.resources = resources
+
+        def cluster_resources(self):
+            return self.resources
+
+    assert _capacity(Cluster(CPU=16.0, GPU=2.0), SweepOptions(cpus_per_run=2, gpus_per_run=0.25)) == 8
+    assert _capacity(Cluster(CPU=16.0, GPU=1.0), SweepOptions(cpus_per_run=1, gpus_per_run=0.25)) == 4
+    assert _capacity(Cluster(CPU=16.0), SweepOptions(cpus_per_run=1, max_concurrent=3)) == 3
+    with pytest.raises(MRQUserError, match="0 GPUs: a run with --cpus_per_run 1 --gpus_per_run 0.5 can never start"):
+        _capacity(Cluster(CPU=16.0), SweepOptions(cpus_per_run=1, gpus_per_run=0.5))
+
+
+def test_config_digest_follows_file_contents_not_paths(tmp_path):
+    from mrq_lightning.experiments.sweep_runs import config_digest
+
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("data:\n  init_args:\n    total_steps: 1000\n")
+    b.write_text(a.read_text())
+    assert config_digest(["--config", str(a), "--model.batch_size", "64"]) == config_digest(["--config", str(b), "--model.batch_size", "64"])
+    assert config_digest(["--config", str(a)]) != config_digest(["--config", str(a), "--model.batch_size", "64"])
+    b.write_text("data:\n  init_args:\n    total_steps: 2000\n")
+    assert config_digest(["--config", str(a)]) != config_digest(["--config", str(b)])

@@ -70,11 +70,14 @@ def test_sweep_runs_every_env_and_seed_as_a_fit_run(full_sweep):
 
 def test_rerun_skips_finished_runs(full_sweep):
     root, _ = full_sweep
-    before = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    def files() -> dict:  # everything but the driver's lock file
+        return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and p.name != ".sweep.lock"}
+
+    before = files()
     proc = subprocess.run(sweep_command(root, ENVS), cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "4 of 4 runs already finished, skipped" in proc.stdout
-    assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == before  # nothing touched
+    assert files() == before  # nothing touched
 
 
 def test_report_writes_figures_and_tables(full_sweep, tmp_path):
@@ -147,7 +150,7 @@ def test_a_killed_run_is_reported_and_resumed_by_a_rerun(full_sweep, tmp_path):
     os.kill(int(fit[0]), signal.SIGKILL)
     output, _ = driver.communicate(timeout=600)
     assert driver.returncode == 1, output[-3000:]
-    assert f"{env}/seed_0 FAILED after 1 attempts (exit -9)" in output
+    assert f"{env}/seed_0 FAILED after 1 attempt (exited with -9)" in output
     assert status(root, env, 0)["state"] == "failed" and status(root, env, 1)["state"] == "finished"
 
     proc = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=900)

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from mrq_lightning.errors import MRQUserError
-from mrq_lightning.experiments.paper import BENCHMARKS, benchmark_envs
+from mrq_lightning.experiments.paper import BENCHMARKS, benchmark_envs, benchmark_of
 
 SWEEP_USAGE = """python -m mrq_lightning sweep --config configs/dmc.yaml [--config OVERLAY.yaml] --envs ENVS --seeds SEEDS
        --root DIR [sweep options] [fit options, e.g. --data.total_steps 100000]"""
@@ -93,21 +93,25 @@ def sweep_parser() -> argparse.ArgumentParser:
 
 def sweep_main(argv: list[str]) -> int:
     from mrq_lightning.experiments.sweep import SweepOptions, run_sweep
-    from mrq_lightning.experiments.sweep_runs import plan_runs
+    from mrq_lightning.experiments.sweep_runs import config_digest, plan_runs
 
     args, fit_overrides = sweep_parser().parse_known_args(argv)
     for name, value, ok in (("--cpus_per_run", args.cpus_per_run, args.cpus_per_run > 0),
                             ("--gpus_per_run", args.gpus_per_run, args.gpus_per_run >= 0),
                             ("--max_retries", args.max_retries, args.max_retries >= 0),
                             ("--max_concurrent", args.max_concurrent, args.max_concurrent is None or args.max_concurrent > 0),
-                            ("--status_every", args.status_every, args.status_every > 0)):  # fmt: skip
+                            ("--status_every", args.status_every, args.status_every > 0),
+                            ("--stop_grace", args.stop_grace, args.stop_grace >= 0)):  # fmt: skip
         if not ok:
-            raise MRQUserError(f"{name} {value}: must be " + (">= 0" if name in ("--gpus_per_run", "--max_retries") else "> 0"))
+            raise MRQUserError(f"{name} {value}: must be "
+                               + (">= 0" if name in ("--gpus_per_run", "--max_retries", "--stop_grace") else "> 0"))
+    if args.gpus_per_run > 1 and args.gpus_per_run != int(args.gpus_per_run):
+        raise MRQUserError(f"--gpus_per_run {args.gpus_per_run}: above 1 it must be a whole number of GPUs")
     unknown = [a for a in fit_overrides if a.startswith("--") and not a.startswith(("--model.", "--data.", "--trainer.",
                "--checkpoint.", "--progress_bar."))]  # fmt: skip
     if unknown:
         raise MRQUserError(f"unknown option {unknown[0]} (sweep options: python -m mrq_lightning sweep --help; fit "
-                           "options start with --model., --data., --trainer., --checkpoint.)")  # fmt: skip
+                           "options start with --model., --data., --trainer., --checkpoint., --progress_bar.)")  # fmt: skip
     envs, seeds = parse_envs(args.envs), parse_seeds(args.seeds)
     configs = [Path(c) for c in args.config]
     missing = [str(c) for c in configs if not c.is_file()]
@@ -116,6 +120,7 @@ def sweep_main(argv: list[str]) -> int:
     fit_args = [a for c in configs for a in ("--config", str(c.resolve()))] + fit_overrides
     for env in envs:
         check_env(env)
+    _warn_about_presets(configs, envs)
     check_fit_arguments(fit_args, envs[0], seeds[0])
     root = args.root.resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -123,7 +128,18 @@ def sweep_main(argv: list[str]) -> int:
         raise MRQUserError(f"--root {root}: not writable")
     options = SweepOptions(args.ray_address, args.cpus_per_run, args.gpus_per_run, args.max_concurrent,
                            args.max_retries, args.status_every, args.stop_grace)  # fmt: skip
-    return run_sweep(plan_runs(root, envs, seeds), fit_args, options)
+    return run_sweep(plan_runs(root, envs, seeds), fit_args, config_digest(fit_args), options, root)
+
+
+def _warn_about_presets(configs: list[Path], envs: list[str]) -> None:
+    """The paper's protocol differs per benchmark (budget, evaluation period): say so when an env's preset is not
+    among the configs (a custom preset is fine; this is a reminder, not an error)."""
+    names = {c.name for c in configs}
+    for benchmark in sorted({benchmark_of(env) for env in envs}):
+        preset = Path(BENCHMARKS[benchmark].preset).name
+        if preset not in names:
+            print(f"sweep: note: {benchmark} envs run with {', '.join(sorted(names))}, not the paper's {preset}",
+                  file=sys.stderr)  # fmt: skip
 
 
 def report_main(argv: list[str]) -> int:
@@ -138,6 +154,8 @@ def report_main(argv: list[str]) -> int:
                    "checkpoints the runs reached, and their last evaluation)")  # fmt: skip
     p.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (default 2000)")
     args = p.parse_args(argv)
+    if args.reps < 1:
+        raise MRQUserError(f"--reps {args.reps}: must be >= 1")
     if not args.root.is_dir():
         raise MRQUserError(f"--root {args.root}: no such directory (the --root of a sweep)")
     try:
@@ -154,4 +172,10 @@ def main(command: str, argv: list[str]) -> None:
         sys.exit((sweep_main if command == "sweep" else report_main)(argv))
     except MRQUserError as err:
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C before any run started (checks, Ray start-up)
+        print(f"{command}: interrupted before any run started", file=sys.stderr)
+        sys.exit(130)
+    except ImportError as err:
+        print(f'error: {command} needs {err.name or err}: pip install -e ".[experiments]"', file=sys.stderr)
         sys.exit(2)

@@ -34,3 +34,25 @@ def run_curve(run_dir: str | os.PathLike, tag: str = EVAL_TAG) -> dict[int, floa
         if curve:
             return curve
     return {}
+
+
+class CachedCurves:
+    """:func:`run_curve` per run directory, re-read only when one of its event files changed (size or mtime): the
+    sweep's summary asks for every run's latest return once a minute."""
+
+    def __init__(self, tag: str = EVAL_TAG) -> None:
+        self.tag = tag
+        self._cache: dict[Path, tuple[tuple, dict[int, float]]] = {}
+
+    def get(self, run_dir: str | os.PathLike) -> dict[int, float]:
+        run_dir = Path(run_dir)
+        files = sorted(run_dir.rglob("events.out.tfevents.*"))
+        try:
+            key = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+        except OSError:  # a file replaced while listing: read again next time
+            key = ()
+        cached = self._cache.get(run_dir)
+        if cached is None or cached[0] != key or not key:
+            cached = (key, run_curve(run_dir, self.tag) if files else {})
+            self._cache[run_dir] = cached
+        return cached[1]

@@ -40,24 +40,26 @@ def task_trimmed_mean(scores: np.ndarray) -> float:
     return float(scipy.stats.trim_mean(np.mean(scores, axis=0), proportiontocut=0.25))
 
 
-def _aggregates(scores: np.ndarray) -> np.ndarray:
-    return np.array([metrics.aggregate_mean(scores), metrics.aggregate_median(scores), task_trimmed_mean(scores)])
+AGGREGATES = {"mean": metrics.aggregate_mean, "median": metrics.aggregate_median, "iqm": lambda s: task_trimmed_mean(s)}
 
 
-def aggregate(scores: np.ndarray, *, reps: int = 2000, seed: int = 0) -> dict[str, Estimate]:
-    """Mean, median and IQM of a (runs x tasks) score matrix with 95% stratified-bootstrap intervals (``reps``
-    resamples, reproducible from ``seed``). With one run per task the interval collapses to the point."""
+def aggregate(scores: np.ndarray, *, reps: int = 2000, seed: int = 0, metrics: tuple[str, ...] = METRICS) -> dict[str, Estimate]:
+    """``metrics`` (mean, median, IQM) of a (runs x tasks) score matrix with 95% stratified-bootstrap intervals
+    (``reps`` resamples, reproducible from ``seed``). With one run per task the interval collapses to the point."""
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 2 or scores.size == 0:
         raise ValueError(f"scores must be a non-empty (runs x tasks) matrix, got shape {scores.shape}")
+
+    def func(x: np.ndarray) -> np.ndarray:
+        return np.array([AGGREGATES[name](x) for name in metrics])
+
     if scores.shape[0] == 1:
-        points = _aggregates(scores)
-        return {name: Estimate(float(p), float(p), float(p)) for name, p in zip(METRICS, points)}
-    points, intervals = _interval_estimates({"scores": scores}, _aggregates, reps, seed)
+        return {name: Estimate(float(p), float(p), float(p)) for name, p in zip(metrics, func(scores))}
+    points, intervals = _interval_estimates({"scores": scores}, func, reps, seed)
     low, high = intervals["scores"]
     return {
         name: Estimate(float(p), float(lo), float(hi))
-        for name, p, lo, hi in zip(METRICS, points["scores"], low, high)
+        for name, p, lo, hi in zip(metrics, points["scores"], low, high)
     }
 
 

@@ -7,15 +7,20 @@ Ray started by the driver, or an existing cluster with ``--ray_address``; ``--cp
 search space, no early stopping); plain tasks keep the driver to one loop.
 
 The driver submits at most as many runs as the cluster's resources hold (or ``--max_concurrent``), retries a failed
-run up to ``--max_retries`` times (each retry resumes from the run's newest checkpoint), reports runs that still fail
-without stopping the others, and prints a summary every ``--status_every`` seconds and whenever a run ends. SIGTERM or
-SIGINT to the driver cancels the running tasks: each passes SIGTERM to its fit, which saves a checkpoint at its
-current env step; the driver then exits with 128 + signal. Running the same sweep again skips the finished runs and
-resumes the interrupted ones.
+run up to ``--max_retries`` times (each retry resumes from the run's newest checkpoint; a fit that refused its
+configuration, exit code 2, is not retried), reports runs that still fail without stopping the others, and prints a
+summary every ``--status_every`` seconds and whenever a run ends. SIGTERM or SIGINT to the driver stops the running
+runs: each task passes SIGTERM to its fit, which saves a checkpoint at its current env step; the driver waits for
+the checkpoints (a second signal stops waiting) and exits with 128 + signal. Running the same sweep again skips the
+finished runs and resumes the others. One driver per sweep directory (a lock file in ``--root``).
+
+The driver keeps every run's state itself (from the tasks' exit codes); the run directories' status files are for
+the user and for the next sweep, and TensorBoard files are read only for the summary's latest returns.
 """
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import signal
@@ -23,9 +28,15 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from mrq_lightning.experiments.scalars import run_curve
-from mrq_lightning.experiments.sweep_runs import FAILED, FINISHED, INTERRUPTED, RUNNING, Run, execute_run
+from mrq_lightning.errors import MRQUserError
+from mrq_lightning.experiments.scalars import CachedCurves
+from mrq_lightning.experiments.sweep_runs import (
+    FAILED, FINISHED, INTERRUPTED, PENDING, RUNNING, USER_ERROR_EXIT_CODE, Run, execute_run, write_status,
+)  # fmt: skip
+
+LOCK_FILE = ".sweep.lock"
 
 
 @dataclass
@@ -45,76 +56,135 @@ class SweepOptions:
 
 
 class _StopRequest:
-    """SIGTERM / SIGINT recorded for the driver loop (which cancels the runs once, in order)."""
+    """SIGTERM / SIGINT recorded for the driver loop; a second one ends the wait for the runs' checkpoints."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.impatient = False
         self._previous = {sig: signal.signal(sig, self._record) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _record(self, signum, frame) -> None:
         if self.signum is None:
             self.signum = signum
             os.write(2, f"sweep: signal {signum}: stopping the running runs (each saves a checkpoint)\n".encode())
+        else:
+            self.impatient = True
+            os.write(2, b"sweep: second signal: not waiting for the runs' checkpoints (they go on saving)\n")
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
 
-def _start_ray(options: SweepOptions):
-    import ray
+def _say(out: Callable[[str], None]) -> Callable[[str], None]:
+    return out if out is not print else lambda text: print(text, flush=True)
 
+
+def _start_ray(options: SweepOptions):
+    try:
+        import ray
+    except ImportError:
+        raise MRQUserError('sweep needs Ray: pip install -e ".[experiments]"') from None
     if ray.is_initialized():
         return ray
     kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR", configure_logging=True)
-    if options.ray_address:
-        ray.init(address=options.ray_address, **kwargs)
-    else:
-        # The driver's environment (MUJOCO_GL, PYTHONPATH, the venv) reaches the workers: they are its children.
-        ray.init(num_cpus=os.cpu_count(), object_store_memory=80 * 1024**2, **kwargs)
+    try:
+        if options.ray_address:
+            ray.init(address=options.ray_address, **kwargs)
+        else:
+            # The CPUs this process may use (cgroup / SLURM / taskset), not every core of the host. The workers are
+            # the driver's children, so its environment (MUJOCO_GL, the venv) reaches them.
+            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+            ray.init(num_cpus=cpus, object_store_memory=80 * 1024**2, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        where = f"--ray_address {options.ray_address}" if options.ray_address else "a local Ray instance"
+        raise MRQUserError(f"could not start or reach {where}: {str(err).splitlines()[0]}") from None
     return ray
 
 
 def _capacity(ray, options: SweepOptions) -> int:
+    """How many runs fit at once; refuses resources that no run could get (the task would wait forever)."""
     resources = ray.cluster_resources()
-    slots = [int(resources.get("CPU", 0) // options.cpus_per_run)] if options.cpus_per_run > 0 else []
+    slots = [int(resources.get("CPU", 0) // options.cpus_per_run)]
     if options.gpus_per_run > 0:
         slots.append(int(resources.get("GPU", 0) // options.gpus_per_run))
-    capacity = max(1, min(slots)) if slots else 1
-    return min(capacity, options.max_concurrent) if options.max_concurrent else capacity
+    if min(slots) < 1:
+        raise MRQUserError(
+            f"the Ray cluster has {resources.get('CPU', 0):g} CPUs and {resources.get('GPU', 0):g} GPUs: a run with "
+            f"--cpus_per_run {options.cpus_per_run:g} --gpus_per_run {options.gpus_per_run:g} can never start"
+        )
+    return min(min(slots), options.max_concurrent) if options.max_concurrent else min(slots)
 
 
-def summary_line(runs: list[Run], started: float, *, with_returns: bool = True) -> str:
-    """``sweep 0:12:30 | 4 runs: 1 finished, 2 running, 1 pending, 0 failed | env/seed_0 845.2 @ 25000, ...``."""
-    states = {run: run.status().get("state") for run in runs}
-    counts = {name: sum(1 for s in states.values() if s == name) for name in (FINISHED, RUNNING, INTERRUPTED, FAILED)}
-    pending = len(runs) - sum(counts.values())
-    elapsed = time.strftime("%H:%M:%S", time.gmtime(time.monotonic() - started))
-    text = (f"sweep {elapsed} | {len(runs)} runs: {counts[FINISHED]} finished, {counts[RUNNING]} running, "
-            f"{pending + counts[INTERRUPTED]} pending, {counts[FAILED]} failed")  # fmt: skip
-    if with_returns:
+class _Summary:
+    """The live summary line: counts from the driver's states, latest returns from the runs' TensorBoard files."""
+
+    def __init__(self, runs: list[Run], states: dict[Run, str], started: float) -> None:
+        self.runs, self.states, self.started = runs, states, started
+        self.curves = CachedCurves()
+
+    def line(self) -> str:
+        counts = {name: sum(1 for s in self.states.values() if s == name) for name in (FINISHED, RUNNING, FAILED)}
+        waiting = len(self.runs) - sum(counts.values())
+        elapsed = time.strftime("%H:%M:%S", time.gmtime(time.monotonic() - self.started))
+        text = (f"sweep {elapsed} | {len(self.runs)} runs: {counts[FINISHED]} finished, {counts[RUNNING]} running, "
+                f"{waiting} pending, {counts[FAILED]} failed")  # fmt: skip
         latest = []
-        for run in runs:
-            if states[run] in (RUNNING, FINISHED):
-                curve = run_curve(run.directory)
+        for run in self.runs:
+            if self.states[run] in (RUNNING, FINISHED):
+                curve = self.curves.get(run.directory)
                 if curve:
                     step = max(curve)
                     latest.append(f"{run.label} {curve[step]:.1f} @ {step}")
-        if latest:
-            text += " | eval/return: " + ", ".join(latest)
-    return text
+        return text + (" | eval/return: " + ", ".join(latest) if latest else "")
 
 
-def run_sweep(runs: list[Run], fit_args: list[str], options: SweepOptions, out: Callable[[str], None] = print) -> int:
+class _SweepLock:
+    """One driver per sweep directory: two drivers would start two fits in the same run directory."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.file = open(root / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise MRQUserError(f"--root {root} is in use by another sweep ({holder}); wait for it or stop it") from None
+        self.file.truncate(0)
+        self.file.write(f"host {os.uname().nodename}, pid {os.getpid()}\n")
+        self.file.flush()
+
+    def release(self) -> None:
+        self.file.close()
+
+
+def run_sweep(runs: list[Run], fit_args: list[str], digest: str, options: SweepOptions, root: Path,
+              out: Callable[[str], None] = print) -> int:  # fmt: skip
     """Run every unfinished run; returns the driver's exit code (0 all finished, 1 some failed, 128 + n stopped)."""
-    started = time.monotonic()
-    todo = [run for run in runs if not run.is_finished(fit_args)]
+    out = _say(out)
+    lock = _SweepLock(root)
+    try:
+        return _drive(runs, fit_args, digest, options, out)
+    finally:
+        lock.release()
+
+
+def _drive(runs: list[Run], fit_args: list[str], digest: str, options: SweepOptions, out: Callable[[str], None]) -> int:
+    states = {run: FINISHED if run.is_finished(digest) else PENDING for run in runs}
+    summary = _Summary(runs, states, time.monotonic())
+    todo = [run for run in runs if states[run] == PENDING]
     if len(todo) < len(runs):
         out(f"sweep: {len(runs) - len(todo)} of {len(runs)} runs already finished, skipped: "
-            + ", ".join(run.label for run in runs if run not in todo))  # fmt: skip
+            + ", ".join(run.label for run in runs if states[run] == FINISHED))  # fmt: skip
     if not todo:
-        out(summary_line(runs, started))
+        out(summary.line())
         return 0
+    for run in todo:
+        run.clear_stop()  # a stop request left by an earlier, stopped sweep
+        if run.status():  # a "running" left by a killed driver would read as a live fit
+            write_status(run, state=PENDING)
     ray = _start_ray(options)
     stop = _StopRequest()  # after ray.init, which installs its own SIGTERM handler in the driver
     try:
@@ -122,35 +192,42 @@ def run_sweep(runs: list[Run], fit_args: list[str], options: SweepOptions, out: 
         capacity = _capacity(ray, options)
         out(f"sweep: {len(todo)} runs to do, {capacity} at a time ({options.cpus_per_run:g} CPU, "
             f"{options.gpus_per_run:g} GPU each), {options.max_retries} retries per run")  # fmt: skip
-        failures = dict.fromkeys(todo, 0)
-        pending, in_flight, last_summary = list(todo), {}, 0.0
+        attempts = dict.fromkeys(todo, 0)
+        pending, in_flight, last_summary = list(todo), {}, time.monotonic()
         while (pending or in_flight) and stop.signum is None:
             while pending and len(in_flight) < capacity:
                 run = pending.pop(0)
-                in_flight[task.remote(run, fit_args, options.threads, options.cwd)] = run
+                ref = task.remote(run, fit_args, digest, options.threads, options.cwd, options.gpus_per_run == 0)
+                in_flight[ref] = run
+                states[run] = RUNNING
                 out(f"sweep: started {run.label} ({run.directory})")
             done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
             for ref in done:
                 run = in_flight.pop(ref)
-                code = _result(ray, ref)
+                code, why = _result(ray, ref)
+                attempts[run] += 1
                 if code == 0:
+                    states[run] = FINISHED
                     out(f"sweep: finished {run.label}")
-                    continue
-                failures[run] += 1
-                if failures[run] <= options.max_retries:
-                    out(f"sweep: {run.label} exited with {code} (attempt {failures[run]}); retrying from its last "
-                        f"checkpoint: {run.last_log_line()}")  # fmt: skip
+                elif attempts[run] <= options.max_retries and code != USER_ERROR_EXIT_CODE:
+                    states[run] = PENDING
+                    out(f"sweep: {run.label} {why} (attempt {attempts[run]}); retrying from its last checkpoint: "
+                        f"{run.last_log_line()}")  # fmt: skip
                     pending.insert(0, run)
                 else:
-                    out(f"sweep: {run.label} FAILED after {failures[run]} attempts (exit {code}): {run.last_log_line()}")
+                    states[run] = FAILED
+                    out(f"sweep: {run.label} FAILED after {attempts[run]} attempt{'s' if attempts[run] > 1 else ''} "
+                        f"({why}): {run.last_log_line()}")  # fmt: skip
             if done or time.monotonic() - last_summary >= options.status_every:
-                out(summary_line(runs, started))
+                out(summary.line())
                 last_summary = time.monotonic()
         if stop.signum is not None:
-            _stop_runs(ray, in_flight, options, out)
-            out(summary_line(runs, started))
+            _stop_runs(ray, in_flight, stop, options, out)
+            for run in in_flight.values():
+                states[run] = PENDING
+            out(summary.line())
             return 128 + stop.signum
-        failed = [run for run in runs if run.status().get("state") != FINISHED]
+        failed = [run for run in runs if states[run] == FAILED]
         if failed:
             out("sweep: failed runs (see their fit.log): " + ", ".join(run.label for run in failed))
         return 1 if failed else 0
@@ -160,27 +237,31 @@ def run_sweep(runs: list[Run], fit_args: list[str], options: SweepOptions, out: 
             ray.shutdown()
 
 
-def _result(ray, ref) -> int | None:
+def _result(ray, ref) -> tuple[int | None, str]:
+    """The task's exit code and how to say it; ``None`` when the task itself failed (worker lost, bad node)."""
     try:
-        return ray.get(ref)
-    except Exception:  # the worker died (node lost, out of memory): the run counts as failed
-        return None
+        code = ray.get(ref)
+    except Exception as err:  # the worker died (node lost, out of memory) or the task raised
+        return None, f"Ray task failed: {str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__}"
+    return code, f"exited with {code}" + (" (fit refused its configuration)" if code == USER_ERROR_EXIT_CODE else "")
 
 
-def _stop_runs(ray, in_flight: dict, options: SweepOptions, out: Callable[[str], None]) -> None:
-    """Ask every running task to stop (each sends SIGTERM to its fit) and wait until their checkpoints are written.
-    Tasks not started yet are cancelled."""
+def _stop_runs(ray, in_flight: dict, stop: _StopRequest, options: SweepOptions, out: Callable[[str], None]) -> None:
+    """Ask every running task to stop (each sends SIGTERM to its fit) and wait until their checkpoints are written;
+    tasks that have not started are cancelled."""
     for ref, run in in_flight.items():
         run.request_stop()
-        if run.status().get("state") != RUNNING:
-            ray.cancel(ref)
+        ray.cancel(ref)  # only takes effect for a task that has not started: a running one is blocked in wait()
     deadline = time.monotonic() + options.stop_grace
     waiting = dict(in_flight)
-    while waiting and time.monotonic() < deadline:
-        ready, _ = ray.wait(list(waiting), num_returns=len(waiting), timeout=0.5)  # ended or cancelled tasks
-        waiting = {ref: run for ref, run in waiting.items() if ref not in ready and run.status().get("state") == RUNNING}
-    for run in in_flight.values():
-        state = run.status().get("state")
-        out(f"sweep: {run.label} {'stopped with a checkpoint' if state == INTERRUPTED else state}")
+    while waiting and time.monotonic() < deadline and not stop.impatient:
+        # Done: the task has returned (or was cancelled before it started) and its fit is no longer running. A
+        # cancelled task's reference can be ready while its fit is still saving, hence both.
+        ready, _ = ray.wait(list(waiting), num_returns=len(waiting), timeout=0.5)
+        waiting = {ref: run for ref, run in waiting.items() if ref not in ready or run.status().get("state") == RUNNING}
+    for ref, run in in_flight.items():
+        state = run.status().get("state") if ref not in waiting else RUNNING
+        said = {INTERRUPTED: "stopped with a checkpoint", FINISHED: "finished", RUNNING: "still saving"}
+        out(f"sweep: {run.label} {said.get(state, 'not started')}")
     if waiting:
-        print(f"sweep: {len(waiting)} runs did not stop within {options.stop_grace:g} s", file=sys.stderr)
+        print(f"sweep: {len(waiting)} runs were still saving when the driver stopped", file=sys.stderr, flush=True)

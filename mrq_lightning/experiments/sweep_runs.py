@@ -4,8 +4,8 @@ on a Ray worker (no Ray import here: the driver in ``sweep.py`` wraps :func:`exe
 Layout of a sweep directory::
 
     <root>/<benchmark>/<env>/seed_<k>/
-        sweep_run.json        status: state (running | finished | interrupted | failed), attempts, exit codes, the
-                              fit arguments the run was started with
+        sweep_run.json        status: state (pending | running | finished | interrupted | failed), attempts, exit
+                              codes, the fit arguments the run was started with and their digest
         fit.log               the fit's output, appended by every attempt
         logs/mrq/version_0/   the ordinary fit run directory (TensorBoard events, config.yaml, checkpoints/)
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import datetime
+import hashlib
 import json
 import os
 import signal
@@ -35,9 +36,29 @@ LOG_FILE = "fit.log"
 # The driver's stop request to the worker (a file: it reaches a worker on another node through the shared sweep
 # directory, and a worker that is blocked waiting for its fit sees it within a second).
 STOP_FILE = "sweep_stop"
-FINISHED, RUNNING, INTERRUPTED, FAILED = "finished", "running", "interrupted", "failed"
+PENDING, RUNNING, FINISHED, INTERRUPTED, FAILED = "pending", "running", "finished", "interrupted", "failed"
 # A fit stopped by one of these saved a checkpoint at its current env step first (README, "Stopping and resuming").
 STOP_EXIT_CODES = {128 + signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGUSR1}
+USER_ERROR_EXIT_CODE = 2  # fit refused its configuration (one line in fit.log): retrying cannot help
+try:  # loaded here, not between fork and exec (dlopen in a forked child of a threaded worker can deadlock)
+    _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:  # not Linux
+    _LIBC = None
+
+
+def config_digest(fit_args: list[str]) -> str:
+    """What makes two sweeps' runs the same: the fit options, with each ``--config`` file's contents instead of its
+    path (moving the checkout keeps a finished run finished; editing a YAML does not)."""
+    parts = []
+    for i, arg in enumerate(fit_args):
+        if i > 0 and fit_args[i - 1] == "--config":
+            try:
+                parts.append(Path(arg).read_text())
+                continue
+            except OSError:
+                pass
+        parts.append(arg)
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -64,13 +85,18 @@ class Run:
         except (OSError, ValueError):
             return {}
 
-    def is_finished(self, fit_args: list[str]) -> bool:
-        """Finished with these same fit arguments (a sweep re-run with, say, a larger budget resumes the run)."""
+    def is_finished(self, digest: str) -> bool:
+        """Finished with the same fit options (:func:`config_digest`; a re-run with, say, a larger budget resumes the
+        run)."""
         status = self.status()
-        return status.get("state") == FINISHED and status.get("fit_args") == fit_args
+        return status.get("state") == FINISHED and status.get("config_digest") == digest
 
     def request_stop(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / STOP_FILE).touch()
+
+    def clear_stop(self) -> None:
+        (self.directory / STOP_FILE).unlink(missing_ok=True)
 
     def stop_requested(self) -> bool:
         return (self.directory / STOP_FILE).exists()
@@ -101,25 +127,26 @@ def write_status(run: Run, **fields) -> dict:
 
 def _terminate_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     # Linux: if the Ray worker dies (driver killed, node lost), the fit gets SIGTERM and saves before exiting.
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def execute_run(run: Run, fit_args: list[str], threads: int, cwd: str) -> int:
+def execute_run(run: Run, fit_args: list[str], digest: str, threads: int, cwd: str, hide_gpus: bool) -> int:
     """Run one attempt of ``run`` as a ``fit`` subprocess and return its exit code; the status file says how it
     ended. A stop request (the sweep was stopped: :meth:`Run.request_stop` or a Ray cancellation) is passed on as
     SIGTERM: the fit saves at its current env step and exits 143."""
     run.directory.mkdir(parents=True, exist_ok=True)
-    (run.directory / STOP_FILE).unlink(missing_ok=True)  # left by an earlier stopped sweep
     status = run.status()
-    write_status(run, state=RUNNING, attempts=status.get("attempts", 0) + 1, fit_args=fit_args, host=os.uname().nodename)
+    write_status(run, state=RUNNING, attempts=status.get("attempts", 0) + 1, fit_args=fit_args, config_digest=digest,
+                 host=os.uname().nodename)  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     env.setdefault("MUJOCO_GL", "egl")
+    if hide_gpus:  # Ray gave this run no GPU; with accelerator: auto the fit would take GPU 0 uncounted
+        env["CUDA_VISIBLE_DEVICES"] = ""
     with open(run.directory / LOG_FILE, "ab") as log:
         process = subprocess.Popen(
-            run.fit_command(fit_args), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+            run.fit_command(fit_args), cwd=cwd if os.path.isdir(cwd) else run.directory, env=env, stdout=log,
+            stderr=subprocess.STDOUT,
             preexec_fn=_terminate_with_parent,
         )  # fmt: skip
         try:
