@@ -1,11 +1,17 @@
-"""``Gym-<id>`` preset (algorithm §13.1): any gymnasium id with a Box (vector) observation space.
+"""``Gym-<id>`` preset (algorithm §13.1): any gymnasium id with a Box observation space (vectors or images).
 
 * ``gymnasium.make(id)`` with its registered defaults (the MuJoCo tasks keep their 1000-step ``TimeLimit``);
-  no normalisation and no other gymnasium wrappers.
+  no normalisation and no other gymnasium wrappers. Ids of your own package work as registered (import the package
+  first) or in gymnasium's ``module:EnvId`` form, which imports ``module`` itself: ``Gym-my_pkg.envs:MyEnv-v0``.
 * ``reset(seed=seed)`` once at construction, ``action_space.seed(seed)``; later resets are unseeded.
   A seeded ``reset(seed=s)`` (e.g. from ``EnvBase.set_seed``) re-seeds the same way and then resets
   unseeded, so it returns exactly the first observation of a fresh preset built with seed ``s``.
-* Observations are flattened and cast to float32 (a fresh array per step: TorchRL wraps it without copying).
+* Vector observations are flattened and cast to float32 (a fresh array per step: TorchRL wraps it without copying).
+* Image observations (a uint8 Box of shape (H, W, C) with C in 1, 3, 4, or (H, W)) are resized to 84x84
+  (``cv2.INTER_AREA``, as for Atari), moved to channels-first, and the last 3 frames are stacked (as for DMC
+  visual): the state is uint8 (3C, 84, 84), oldest frame first, and MR.Q's pixel encoder and augmentation apply.
+* Other observation or action spaces (Dict, Tuple, MultiDiscrete, MultiBinary, unbounded Box actions) are refused
+  with one line naming what is supported.
 * Continuous actions: the agent acts in [-1, 1]. With symmetric uniform bounds (all MuJoCo tasks) the env
   receives ``a * max_action`` with ``max_action = high[0]`` exactly as the official code. Other Box bounds are
   mapped affinely ([-1, 1] -> [low, high], per dimension). ``EnvInfo.max_action`` is ``high[0]`` either way.
@@ -17,13 +23,21 @@ One thin wrapper class does all of this instead of chaining gymnasium's ``Rescal
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
+import cv2
 import gymnasium as gym
 import numpy as np
+import torch
 from gymnasium import spaces
 
 from mrq_lightning.errors import EnvironmentNameError, EnvironmentSetupError
+
+PIXEL_HISTORY = 3
+IMAGE_SIZE = 84
+SUPPORTED = ("observations: a Box of numbers (vector) or a uint8 Box image (H, W[, C]); actions: Discrete(n) or a "
+             "bounded 1-D Box")  # fmt: skip
 
 from .info import EnvInfo
 from .state import gymnasium_state, set_gymnasium_state
@@ -52,7 +66,7 @@ def _close_ids(env_id: str) -> list[str]:
 
 
 class GymSuiteEnv(gym.Env):
-    """A gymnasium env exposing float32 vector observations and [-1, 1] continuous actions."""
+    """A gymnasium env exposing float32 vector (or uint8 stacked-image) observations and [-1, 1] continuous actions."""
 
     metadata: dict[str, Any] = {"render_modes": []}
 
@@ -61,19 +75,36 @@ class GymSuiteEnv(gym.Env):
             raise TypeError(f"Gym-{env_id}: unexpected keyword arguments {sorted(make_kwargs)}")
         self.env_id = env_id
         self.env = _make_inner(env_id)
-        inner_obs = self.env.observation_space
-        if not isinstance(inner_obs, spaces.Box):
+        try:
+            self._set_observation_space(self.env.observation_space)
+            self._set_action_space(self.env.action_space)
+        except EnvironmentSetupError:
             self.env.close()
-            raise ValueError(
-                f"Gym-{env_id}: only Box (vector) observation spaces are supported, got {inner_obs}"
-            )
-        obs_dim = int(np.prod(inner_obs.shape)) if inner_obs.shape else 1
-        self.observation_space = spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
+            raise
+        self._seed(seed)
 
-        act = self.env.action_space
+    def _refuse(self, what: str) -> EnvironmentSetupError:
+        return EnvironmentSetupError(f"Gym-{self.env_id}: unsupported {what}. MR.Q supports {SUPPORTED}.")
+
+    def _set_observation_space(self, space: spaces.Space) -> None:
+        if not isinstance(space, spaces.Box):
+            raise self._refuse(f"observation space {space}")
+        self._frames: deque | None = None
+        ndim = len(space.shape)
+        if space.dtype == np.uint8 and (ndim == 2 or (ndim == 3 and space.shape[-1] in (1, 3, 4))):
+            channels = 1 if ndim == 2 else space.shape[-1]
+            self._frames = deque(maxlen=PIXEL_HISTORY)
+            self.frame_channels = channels
+            self.observation_space = spaces.Box(0, 255, (channels * PIXEL_HISTORY, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+        else:
+            obs_dim = int(np.prod(space.shape)) if space.shape else 1
+            self.frame_channels = obs_dim
+            self.observation_space = spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
+
+    def _set_action_space(self, act: spaces.Space) -> None:
         if isinstance(act, spaces.Discrete):
             if int(act.start) != 0:
-                raise ValueError(f"Gym-{env_id}: Discrete action spaces must start at 0, got start={act.start}")
+                raise self._refuse(f"action space {act} (Discrete actions must start at 0)")
             self.discrete = True
             self.action_dim = int(act.n)
             self.max_action = 1.0
@@ -83,7 +114,7 @@ class GymSuiteEnv(gym.Env):
             low = np.asarray(act.low, dtype=np.float64)
             high = np.asarray(act.high, dtype=np.float64)
             if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
-                raise ValueError(f"Gym-{env_id}: unbounded action space {act}")
+                raise self._refuse(f"action space {act} (unbounded)")
             self.discrete = False
             self.action_dim = int(act.shape[0])
             self.max_action = float(high[0])
@@ -93,11 +124,7 @@ class GymSuiteEnv(gym.Env):
             else:
                 self._scale = ("affine", ((high - low) / 2.0).astype(act.dtype), ((high + low) / 2.0).astype(act.dtype))
         else:
-            self.env.close()
-            raise ValueError(
-                f"Gym-{env_id}: action space must be Discrete or a 1-D Box, got {act}"
-            )
-        self._seed(seed)
+            raise self._refuse(f"action space {act}")
 
     # ------------------------------------------------------------------ gymnasium API
     def _seed(self, seed: int) -> None:
@@ -110,7 +137,7 @@ class GymSuiteEnv(gym.Env):
         if seed is not None:
             self._seed(seed)
         obs, info = self.env.reset(options=options)
-        return self._obs(obs), info
+        return self._obs(obs, first=True), info
 
     def step(self, action):
         scale = self._scale
@@ -128,27 +155,44 @@ class GymSuiteEnv(gym.Env):
 
     # ------------------------------------------------------------------ checkpoint/resume
     def get_state(self) -> dict | None:
-        """Mid-episode state (MuJoCo or classic-control tasks), or ``None`` when this gymnasium env is not restorable."""
-        return gymnasium_state(self.env)
+        """Mid-episode state (MuJoCo or classic-control tasks; the frame stack of an image env), or ``None`` when
+        this gymnasium env is not restorable (resume then starts a new episode: README, "Checkpoints and resume")."""
+        state = gymnasium_state(self.env)
+        if state is not None and self._frames is not None:
+            state = {**state, "frames": torch.from_numpy(np.stack(self._frames)) if self._frames else None}
+        return state
 
     def set_state(self, state: dict) -> None:
         set_gymnasium_state(self.env, state)
+        if self._frames is not None:
+            self._frames.clear()
+            if state.get("frames") is not None:
+                self._frames.extend(list(state["frames"].numpy().copy()))
 
-    @staticmethod
-    def _obs(obs) -> np.ndarray:
-        # astype always copies: every step hands TorchRL a fresh buffer.
-        return np.asarray(obs).astype(np.float32).reshape(-1)
+    def _obs(self, obs, first: bool = False) -> np.ndarray:
+        if self._frames is None:
+            # astype always copies: every step hands TorchRL a fresh buffer.
+            return np.asarray(obs).astype(np.float32).reshape(-1)
+        frame = np.asarray(obs, dtype=np.uint8)
+        if frame.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
+            frame = cv2.resize(frame, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)
+        frame = frame.reshape(IMAGE_SIZE, IMAGE_SIZE, -1).transpose(2, 0, 1)  # (C, 84, 84); cv2 drops C == 1
+        if first:
+            self._frames.extend([frame] * PIXEL_HISTORY)
+        else:
+            self._frames.append(frame)
+        return np.concatenate(self._frames, axis=0)  # fresh contiguous (C * history, 84, 84), oldest first
 
     def env_info(self, name: str) -> EnvInfo:
-        obs_dim = self.observation_space.shape[0]
+        pixels = self._frames is not None
         return EnvInfo(
             name=name,
-            obs_shape=(obs_dim,),
+            obs_shape=tuple(self.observation_space.shape),
             action_dim=self.action_dim,
             discrete=self.discrete,
-            pixels=False,
-            history=1,
-            frame_channels=obs_dim,
+            pixels=pixels,
+            history=PIXEL_HISTORY if pixels else 1,
+            frame_channels=self.frame_channels,
             max_action=self.max_action,
             max_episode_steps=self.env.spec.max_episode_steps if self.env.spec is not None else None,
         )

@@ -1,0 +1,70 @@
+"""A user's own gymnasium environments (tests/toy_envs.py): the ``Gym-<module>:<EnvId>`` form, MR.Q's generic
+handling of vector and image observations, Box and Discrete actions, one-line refusals of other spaces, and a smoke
+``fit`` through the CLI for each toy env."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import CONFIGS, REPO, run_ok, tensorboard_scalars
+
+from mrq_lightning.envs import make_env
+from mrq_lightning.envs.registry import make_gymnasium_env
+from mrq_lightning.errors import EnvironmentSetupError
+
+REACH, CATCH, DICT = (f"Gym-tests.toy_envs:{name}" for name in ("ToyReach-v0", "ToyCatch-v0", "ToyDict-v0"))
+
+
+@pytest.fixture(autouse=True)
+def _importable_from_the_repository_root(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO))  # `tests.toy_envs`, as a user's `my_pkg.envs`
+
+
+def test_vector_env_with_asymmetric_box_actions():
+    env, info = make_env(REACH, 0)
+    assert (info.obs_shape, info.action_dim, info.discrete, info.pixels, info.max_episode_steps) == ((2,), 2, False, False, 50)
+    inner, _ = make_gymnasium_env(REACH, 0)
+    before = inner.env.unwrapped.x.copy()
+    inner.step(np.array([-1.0, 1.0], np.float32))  # [-1, 1] maps affinely onto [0, 2]: the env sees [0, 2]
+    assert np.allclose(inner.env.unwrapped.x, np.clip(before + 0.2 * np.array([-1.0, 1.0]), -1, 1))
+    rollout = env.rollout(60, break_when_any_done=True)
+    assert rollout["observation"].dtype == torch.float32 and rollout.shape[0] == 50  # the 50-step time limit
+    assert rollout["next", "truncated"][-1].item() and not rollout["next", "terminated"].any()
+
+
+def test_image_env_is_resized_and_stacked_like_dmc_visual():
+    env, info = make_env(CATCH, 0)
+    assert (info.obs_shape, info.history, info.frame_channels, info.pixels, info.discrete) == ((9, 84, 84), 3, 3, True, True)
+    rollout = env.rollout(10, break_when_any_done=True)
+    obs = rollout["observation"]
+    assert obs.dtype == torch.uint8 and rollout.shape[0] == 7  # the ball falls 7 rows, then the episode terminates
+    assert torch.equal(obs[0, :3], obs[0, 3:6]) and torch.equal(obs[0, 3:6], obs[0, 6:])  # first state: 3 copies
+    assert torch.equal(obs[1, :6], obs[0, 3:]) and not torch.equal(obs[1, 6:], obs[0, 6:])  # oldest frame first
+    assert rollout["next", "terminated"][-1].item() and rollout["next", "reward"][-1].abs().item() == 1.0
+
+
+def test_an_env_without_a_state_api_reports_no_state():
+    # The toy env keeps its state in attributes of its own: a resumed run starts a new episode (README).
+    inner, _ = make_gymnasium_env(CATCH, 0)
+    inner.reset()
+    inner.step(1)
+    assert inner.get_state() is None
+
+
+def test_unsupported_spaces_are_refused_in_one_line():
+    with pytest.raises(EnvironmentSetupError) as err:
+        make_env(DICT, 0)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{DICT}: unsupported observation space Dict(")
+    assert "MR.Q supports observations: a Box of numbers (vector) or a uint8 Box image" in message
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env", [REACH, CATCH])
+def test_smoke_fit_on_an_own_env(env, tmp_path):
+    run_ok(["fit", "--config", str(CONFIGS / "gym.yaml"), "--config", str(CONFIGS / "smoke.yaml"), "--data.env", env,
+            "--trainer.default_root_dir", str(tmp_path), "--progress_bar.refresh_rate", "0"], REPO)  # fmt: skip
+    scalars = tensorboard_scalars(tmp_path / "logs" / "mrq" / "version_0")
+    assert [step for step, _ in scalars["eval/return"]] == [0, 300, 600]
+    assert scalars["buffer/size"][-1][0] == 600 and "loss/value" in scalars
