@@ -73,7 +73,7 @@ from mrq_lightning.training.checkpoint_io import (
     tree_bytes,
     version_of,
 )
-from mrq_lightning.training.resume import CKPT_FORMAT
+from mrq_lightning.training.resume import CKPT_FORMAT, keep_csv_history
 from mrq_lightning.training.runs import newest_matching, read_run_file, run_config
 from mrq_lightning.training.signals import (
     STOP_SIGNALS,
@@ -424,6 +424,7 @@ class MRQCheckpoint(ModelCheckpoint):
         run_dir = Path(ckpt_path).absolute().parent.parent
         if Path(ckpt_path).absolute().parent.name == "checkpoints" and run_dir.parent == Path(root).absolute():
             third_party.pin_logger_version(logger, version_of(run_dir))
+            keep_csv_history(logger, run_dir)
             rank_zero_info(f"Logging into the checkpoint's run directory {run_dir}")
 
     def _find_last_checkpoints(self, trainer) -> set[str]:

@@ -57,7 +57,7 @@ from mrq_lightning.hyperparameters import (
 )
 from mrq_lightning.modules.builders import make_acting_policy, make_mrq_networks
 from mrq_lightning.objectives.mrq_loss import MRQLoss
-from mrq_lightning.training.resume import CKPT_FORMAT, check_module_section, purge_tensorboard_from
+from mrq_lightning.training.resume import CKPT_FORMAT, check_module_section, purge_tensorboard_from, restore_csv_history
 
 log = logging.getLogger(__name__)
 
@@ -388,8 +388,9 @@ class MRQ(LightningModule):
         # The fit loop restarts: one epoch = the remaining env steps, streamed from the restored env step (restoring
         # Lightning's loop progress would end a finished epoch at once and count the budget in optimizer steps).
         checkpoint.pop("loops", None)
+        for logger in trainer.loggers:
+            restore_csv_history(logger, self.env_steps if fitting else None)
+            if fitting and isinstance(logger, TensorBoardLogger):
+                purge_tensorboard_from(logger, self.env_steps + 1)
         if fitting:
-            for logger in trainer.loggers:
-                if isinstance(logger, TensorBoardLogger):
-                    purge_tensorboard_from(logger, self.env_steps + 1)
             rank_zero_info(f"MR.Q resumes at env step {self.env_steps} ({self.rl_updates} RL updates) from {path}")

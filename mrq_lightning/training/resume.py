@@ -9,11 +9,14 @@ arguments:
 * :func:`write_rank_state` / :func:`read_rank_state`: a rank's replay buffer and rank-local state;
 * :func:`check_module_section` / :func:`check_data_section`: refuse a checkpoint that cannot resume this run, with
   a :class:`CheckpointError` naming the file and the fix;
-* :func:`purge_tensorboard_from`: hide what a crashed run logged after its checkpoint (from the next env step).
+* :func:`purge_tensorboard_from`: hide what a crashed run logged after its checkpoint (from the next env step);
+* :func:`keep_csv_history` / :func:`restore_csv_history`: the same for a ``CSVLogger``, whose writer deletes the
+  run's ``metrics.csv`` when it opens a directory that has one (lightning 2.6).
 """
 
 from __future__ import annotations
 
+import csv
 import random
 import time
 from collections.abc import Mapping
@@ -36,8 +39,10 @@ __all__ = [
     "capture_rng",
     "check_data_section",
     "check_module_section",
+    "keep_csv_history",
     "purge_tensorboard_from",
     "read_rank_state",
+    "restore_csv_history",
     "restore_rng",
     "write_rank_state",
 ]
@@ -205,3 +210,40 @@ def purge_tensorboard_from(logger, step: int) -> None:
     from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 
     writer.add_event(Event(step=step, wall_time=time.time(), session_log=SessionLog(status=SessionLog.START)))
+
+
+# ------------------------------------------------------------------------------------------------ CSV logger
+_CSV_HISTORY: dict[str, tuple[list[str], list[dict]]] = {}  # metrics.csv path -> (header, rows), until restored
+
+
+def keep_csv_history(logger, run_dir: Path) -> None:
+    """Read a resumed run's ``metrics.csv`` before Lightning's CSV writer opens the directory and deletes it."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    path = Path(run_dir) / "metrics.csv"
+    if isinstance(logger, CSVLogger) and path.is_file():
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            _CSV_HISTORY[str(path.absolute())] = (list(reader.fieldnames or []), list(reader))
+
+
+def restore_csv_history(logger, step: int | None) -> None:
+    """Write back the rows :func:`keep_csv_history` read, those up to env step ``step`` (all for ``None``): the
+    resumed run appends after them, as TensorBoard continues after its purge step."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    if not isinstance(logger, CSVLogger):
+        return
+    writer = logger.experiment  # opening it is what deleted the file (a no-op stand-in on ranks other than 0)
+    if not isinstance(getattr(writer, "metrics_file_path", None), str):
+        return
+    kept = _CSV_HISTORY.pop(str(Path(writer.metrics_file_path).absolute()), None)
+    if kept is None:
+        return
+    header, rows = kept
+    rows = [row for row in rows if step is None or not row.get("step") or int(float(row["step"])) <= step]
+    with open(writer.metrics_file_path, "w", newline="") as f:
+        csv_writer = csv.DictWriter(f, fieldnames=header)
+        csv_writer.writeheader()
+        csv_writer.writerows(rows)
+    writer.metrics_keys = sorted(set(writer.metrics_keys) | set(header))  # later saves append under this header
