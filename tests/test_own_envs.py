@@ -4,14 +4,16 @@ handling of vector and image observations, Box and Discrete actions, one-line re
 
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from gymnasium import spaces
 from conftest import CONFIGS, REPO, run_ok, tensorboard_scalars
 
 from mrq_lightning.envs import make_env
 from mrq_lightning.envs.registry import make_gymnasium_env
-from mrq_lightning.errors import EnvironmentSetupError
+from mrq_lightning.errors import EnvironmentNameError, EnvironmentSetupError
 
 REACH, CATCH, DICT = (f"Gym-tests.toy_envs:{name}" for name in ("ToyReach-v0", "ToyCatch-v0", "ToyDict-v0"))
 
@@ -57,7 +59,7 @@ def test_unsupported_spaces_are_refused_in_one_line():
         make_env(DICT, 0)
     message = str(err.value)
     assert "\n" not in message and message.startswith(f"{DICT}: unsupported observation space Dict(")
-    assert "MR.Q supports observations: a Box of numbers (vector) or a uint8 Box image" in message
+    assert "MR.Q supports observations: a Box of numbers (vector) or a uint8 0-255 Box image" in message
 
 
 @pytest.mark.slow
@@ -68,3 +70,40 @@ def test_smoke_fit_on_an_own_env(env, tmp_path):
     scalars = tensorboard_scalars(tmp_path / "logs" / "mrq" / "version_0")
     assert [step for step, _ in scalars["eval/return"]] == [0, 300, 600]
     assert scalars["buffer/size"][-1][0] == 600 and "loss/value" in scalars
+
+
+class _ReusedChannelsFirstFrames(gym.Env):
+    """Channels-first 84x84 RGB frames written into one buffer that the env refills every step (value = step)."""
+
+    def __init__(self) -> None:
+        self.observation_space = spaces.Box(0, 255, (3, 84, 84), np.uint8)
+        self.action_space = spaces.Discrete(2)
+        self.buffer = np.zeros((3, 84, 84), np.uint8)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        self.buffer[:] = 0
+        return self.buffer, {}
+
+    def step(self, action):
+        self.t += 1
+        self.buffer[:] = self.t
+        return self.buffer, 0.0, self.t == 5, False, {}
+
+
+def test_channels_first_frames_in_a_reused_buffer_are_stacked_by_value():
+    if "ToyReusedFrames-v0" not in gym.registry:
+        gym.register("ToyReusedFrames-v0", entry_point=_ReusedChannelsFirstFrames)
+    env, info = make_gymnasium_env("Gym-ToyReusedFrames-v0", 0)
+    assert (info.obs_shape, info.frame_channels, info.pixels) == ((9, 84, 84), 3, True)
+    env.reset()
+    for _ in range(2):
+        obs, *_ = env.step(0)
+    assert [int(obs[3 * i : 3 * i + 3].mean()) for i in range(3)] == [0, 1, 2]  # not [2, 2, 2]: frames are copied
+
+
+def test_a_missing_module_is_one_line():
+    with pytest.raises(EnvironmentNameError) as err:
+        make_env("Gym-no_such_pkg.envs:MyEnv-v0", 0)
+    assert "\n" not in str(err.value) and "cannot import 'no_such_pkg.envs' (No module named 'no_such_pkg'" in str(err.value)

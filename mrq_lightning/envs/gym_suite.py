@@ -7,7 +7,8 @@
   A seeded ``reset(seed=s)`` (e.g. from ``EnvBase.set_seed``) re-seeds the same way and then resets
   unseeded, so it returns exactly the first observation of a fresh preset built with seed ``s``.
 * Vector observations are flattened and cast to float32 (a fresh array per step: TorchRL wraps it without copying).
-* Image observations (a uint8 Box of shape (H, W, C) with C in 1, 3, 4, or (H, W)) are resized to 84x84
+* Image observations (a uint8 Box spanning 0-255 of shape (H, W, C) or (C, H, W) with C in 1, 3, 4, or (H, W))
+  are resized to 84x84
   (``cv2.INTER_AREA``, as for Atari), moved to channels-first, and the last 3 frames are stacked (as for DMC
   visual): the state is uint8 (3C, 84, 84), oldest frame first, and MR.Q's pixel encoder and augmentation apply.
 * Other observation or action spaces (Dict, Tuple, MultiDiscrete, MultiBinary, unbounded Box actions) are refused
@@ -36,8 +37,8 @@ from mrq_lightning.errors import EnvironmentNameError, EnvironmentSetupError
 
 PIXEL_HISTORY = 3
 IMAGE_SIZE = 84
-SUPPORTED = ("observations: a Box of numbers (vector) or a uint8 Box image (H, W[, C]); actions: Discrete(n) or a "
-             "bounded 1-D Box")  # fmt: skip
+SUPPORTED = ("observations: a Box of numbers (vector) or a uint8 0-255 Box image (H, W[, C]) or (C, H, W); "
+             "actions: Discrete(n) or a bounded 1-D Box")  # fmt: skip
 
 from .info import EnvInfo
 from .state import gymnasium_state, set_gymnasium_state
@@ -50,6 +51,11 @@ def _make_inner(env_id: str) -> gym.Env:
         return gym.make(env_id)
     except gym.error.DependencyNotInstalled as err:  # the id exists; gymnasium's message names the package
         raise EnvironmentSetupError(f"Gym-{env_id}: {err}") from err
+    except ImportError as err:  # the module of a `module:EnvId` id
+        raise EnvironmentNameError(
+            f"Gym-{env_id}: cannot import {env_id.partition(':')[0]!r} ({str(err).splitlines()[0]}). Install your package, or run "
+            "from the folder that holds it (`python -m mrq_lightning` puts the current folder on the import path)."
+        ) from err
     except gym.error.Error as err:  # NameNotFound / VersionNotFound / NamespaceNotFound
         names = _close_ids(env_id)
         hint = f" Close registered ids: {names}." if names else ""
@@ -84,15 +90,22 @@ class GymSuiteEnv(gym.Env):
         self._seed(seed)
 
     def _refuse(self, what: str) -> EnvironmentSetupError:
+        what = " ".join(what.split())  # large spaces print over several lines
         return EnvironmentSetupError(f"Gym-{self.env_id}: unsupported {what}. MR.Q supports {SUPPORTED}.")
 
     def _set_observation_space(self, space: spaces.Space) -> None:
         if not isinstance(space, spaces.Box):
             raise self._refuse(f"observation space {space}")
         self._frames: deque | None = None
-        ndim = len(space.shape)
-        if space.dtype == np.uint8 and (ndim == 2 or (ndim == 3 and space.shape[-1] in (1, 3, 4))):
-            channels = 1 if ndim == 2 else space.shape[-1]
+        self._channels_first = False
+        shape, ndim = space.shape, len(space.shape)
+        # An image is a uint8 Box spanning 0-255 (gymnasium's own test), channels last or first; other uint8 Boxes
+        # (a categorical grid, say) are numbers.
+        image = space.dtype == np.uint8 and bool(np.all(space.low == 0)) and bool(np.all(space.high == 255))
+        if image and ndim == 3 and shape[-1] not in (1, 3, 4) and shape[0] in (1, 3, 4):
+            self._channels_first = True
+        if image and (ndim == 2 or (ndim == 3 and (shape[-1] in (1, 3, 4) or self._channels_first))):
+            channels = 1 if ndim == 2 else shape[0] if self._channels_first else shape[-1]
             self._frames = deque(maxlen=PIXEL_HISTORY)
             self.frame_channels = channels
             self.observation_space = spaces.Box(0, 255, (channels * PIXEL_HISTORY, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
@@ -173,7 +186,9 @@ class GymSuiteEnv(gym.Env):
         if self._frames is None:
             # astype always copies: every step hands TorchRL a fresh buffer.
             return np.asarray(obs).astype(np.float32).reshape(-1)
-        frame = np.asarray(obs, dtype=np.uint8)
+        frame = np.array(obs, dtype=np.uint8)  # a copy: an env may refill one buffer every step
+        if self._channels_first:
+            frame = frame.transpose(1, 2, 0)
         if frame.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
             frame = cv2.resize(frame, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)
         frame = frame.reshape(IMAGE_SIZE, IMAGE_SIZE, -1).transpose(2, 0, 1)  # (C, 84, 84); cv2 drops C == 1

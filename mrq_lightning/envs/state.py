@@ -120,7 +120,8 @@ def gymnasium_state(env) -> dict[str, Any] | None:
     state: dict[str, Any] = {"class": type(unwrapped).__name__}
     if hasattr(unwrapped, "model") and hasattr(unwrapped, "data") and type(unwrapped.data).__name__ == "MjData":
         state["mujoco"] = mujoco_state(unwrapped.model, unwrapped.data)
-    elif getattr(unwrapped, "state", None) is not None and isinstance(unwrapped.state, (np.ndarray, tuple, list)):
+    elif (type(unwrapped).__module__.startswith("gymnasium.envs.classic_control")  # a user env's `state` may be partial
+          and isinstance(getattr(unwrapped, "state", None), (np.ndarray, tuple, list))):
         state["classic"] = _tensor(np.asarray(unwrapped.state))
         state["classic_type"] = type(unwrapped.state).__name__
         extra = getattr(unwrapped, "steps_beyond_terminated", None)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import random
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -214,15 +215,24 @@ def purge_tensorboard_from(logger, step: int) -> None:
 
 # ------------------------------------------------------------------------------------------------ CSV logger
 _CSV_HISTORY: dict[str, tuple[list[str], list[dict]]] = {}  # metrics.csv path -> (header, rows), until restored
+CSV_BACKUP_SUFFIX = ".resume"  # metrics.csv.resume: the history on disk until it is written back
 
 
 def keep_csv_history(logger, run_dir: Path) -> None:
-    """Read a resumed run's ``metrics.csv`` before Lightning's CSV writer opens the directory and deletes it."""
+    """Read a resumed run's ``metrics.csv`` before Lightning's CSV writer opens the directory and deletes it, and
+    keep a copy beside it until :func:`restore_csv_history` has written it back (a resume that fails in between,
+    or is interrupted, loses nothing: the next one reads the copy)."""
     from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     path = Path(run_dir) / "metrics.csv"
-    if isinstance(logger, CSVLogger) and path.is_file():
-        with open(path, newline="") as f:
+    backup = path.with_name(path.name + CSV_BACKUP_SUFFIX)
+    if not isinstance(logger, CSVLogger) or rank_zero_only.rank != 0:
+        return
+    if path.is_file():
+        shutil.copyfile(path, backup)
+    if backup.is_file():
+        with open(backup, newline="") as f:
             reader = csv.DictReader(f)
             _CSV_HISTORY[str(path.absolute())] = (list(reader.fieldnames or []), list(reader))
 
@@ -237,13 +247,16 @@ def restore_csv_history(logger, step: int | None) -> None:
     writer = logger.experiment  # opening it is what deleted the file (a no-op stand-in on ranks other than 0)
     if not isinstance(getattr(writer, "metrics_file_path", None), str):
         return
-    kept = _CSV_HISTORY.pop(str(Path(writer.metrics_file_path).absolute()), None)
+    path = Path(writer.metrics_file_path).absolute()
+    kept = _CSV_HISTORY.pop(str(path), None)
     if kept is None:
         return
     header, rows = kept
     rows = [row for row in rows if step is None or not row.get("step") or int(float(row["step"])) <= step]
-    with open(writer.metrics_file_path, "w", newline="") as f:
-        csv_writer = csv.DictWriter(f, fieldnames=header)
+    keys = sorted(set(writer.metrics_keys) | set(header))  # Lightning appends under its sorted keys
+    with open(path, "w", newline="") as f:
+        csv_writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         csv_writer.writeheader()
         csv_writer.writerows(rows)
-    writer.metrics_keys = sorted(set(writer.metrics_keys) | set(header))  # later saves append under this header
+    writer.metrics_keys = keys
+    path.with_name(path.name + CSV_BACKUP_SUFFIX).unlink(missing_ok=True)
