@@ -185,7 +185,8 @@ def _plot_aggregates(curves: Curves, path: Path, reps: int) -> bool:
         rows = aggregate_rows({e: curves[e] for e in envs}, steps, min(reps, CURVE_REPS), metrics=("mean",))
         for who, color in (("official", "tab:gray"), ("ours", "tab:blue")):
             point = [r[who]["mean"].point for r in rows]
-            ax.plot(steps, point, color=color, label=f"{who} ({rows[0]['seeds'] if who == 'ours' else 10} seeds)")
+            seeds = rows[0]["seeds"] if who == "ours" else 10
+            ax.plot(steps, point, color=color, label=f"{who} ({seeds} seed{'s' if seeds > 1 else ''})")
             ax.fill_between(steps, [r[who]["mean"].low for r in rows], [r[who]["mean"].high for r in rows],
                             color=color, alpha=0.25)  # fmt: skip
         spec = paper.BENCHMARKS[benchmark]
