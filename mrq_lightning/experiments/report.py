@@ -111,14 +111,18 @@ def env_rows(env: str, seeds: dict[int, dict[int, float]], steps: list[int]) -> 
     return rows
 
 
+def _comparable(envs) -> list[str]:
+    """The envs that the paper ran and can normalise: those an aggregate compares with the official seeds."""
+    return [e for e in envs if paper.official_curve(e) is not None and paper.has_normalization(e)]
+
+
 def aggregate_rows(curves: Curves, steps: list[int], reps: int, metrics: tuple[str, ...] = statistics.METRICS) -> list[dict]:
     """Per benchmark and step: ours and the official seeds' aggregates over the same envs (those with official
     results and normalisation constants, and an evaluation at that step for every one of our seeds). Every env
     contributes as many seeds as the env with the fewest (a score matrix is runs x tasks)."""
     rows = []
     for benchmark in paper.BENCHMARKS:
-        envs = [e for e in curves if paper.benchmark_of(e) == benchmark and paper.official_curve(e) is not None
-                and paper.has_normalization(e)]  # fmt: skip
+        envs = _comparable(e for e in curves if paper.benchmark_of(e) == benchmark)
         for step in steps:
             usable = [e for e in envs if step in common_steps(curves[e]) and step in paper.official_curve(e).steps]
             if not usable:
@@ -158,11 +162,7 @@ def _plot_env(env: str, seeds: dict[int, dict[int, float]], path: Path, reps: in
     if len(seeds) > 1:
         ax.fill_between(steps, low, high, color="tab:blue", alpha=0.25, label="ours: 95% CI")
     ax.set(title=env, xlabel="env steps (agent steps)", ylabel="evaluation return")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, [ax], path)
     return True
 
 
@@ -172,7 +172,7 @@ def _plot_aggregates(curves: Curves, path: Path, reps: int) -> bool:
 
     panels = []
     for benchmark, group in by_benchmark(curves).items():
-        envs = [e for e in group if paper.official_curve(e) is not None and paper.has_normalization(e)]
+        envs = _comparable(group)
         if envs:
             steps = sorted(set.intersection(*(set(common_steps(curves[e])) & set(paper.official_curve(e).steps.tolist())
                                                for e in envs)))  # fmt: skip
@@ -192,12 +192,19 @@ def _plot_aggregates(curves: Curves, path: Path, reps: int) -> bool:
         spec = paper.BENCHMARKS[benchmark]
         ax.set(title=f"{spec.title}: mean over {len(envs)} env{'s' if len(envs) > 1 else ''}", xlabel="env steps",
                ylabel=spec.score)  # fmt: skip
+    _save(fig, list(axes[0]), path)
+    return True
+
+
+def _save(fig, axes: list, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return True
 
 
 def _digits(benchmark: str) -> int:

@@ -29,10 +29,17 @@ class Estimate(NamedTuple):
 
 
 def _interval_estimates(score_dict: dict, func, reps: int, seed: int):
-    with warnings.catch_warnings():
-        # arch (under rliable) deprecates the RandomState that rliable passes it; the draws are unchanged.
-        warnings.simplefilter("ignore", FutureWarning)
-        return library.get_interval_estimates(score_dict, func, reps=reps, random_state=np.random.RandomState(seed))
+    """rliable's ``get_interval_estimates`` (stratified bootstrap, 95% percentile intervals), made reproducible:
+    rliable 1.2 draws its resampling indices from numpy's global generator (``np.random.choice``) whatever
+    ``random_state`` it is given, so the global generator is seeded here and put back afterwards."""
+    saved = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # arch deprecates the RandomState rliable hands it
+            return library.get_interval_estimates(score_dict, func, reps=reps, random_state=np.random.RandomState(seed))
+    finally:
+        np.random.set_state(saved)
 
 
 def task_trimmed_mean(scores: np.ndarray) -> float:
