@@ -11,12 +11,18 @@ CI runs everything: ``pytest -q -p no:cacheprovider``.
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning  # noqa: F401  (see below)
 import pytest
+
+# `import lightning` attaches a StreamHandler to sys.stderr as it is at that moment. Imported first inside a test
+# that captures stderr, the handler would keep writing to that capture after it is closed ("Logging error" in later
+# tests); imported here, during collection, it holds the real stderr.
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -56,6 +62,16 @@ def tensorboard_scalars(path: str | Path) -> dict[str, list[tuple[int, float]]]:
     acc = EventAccumulator(str(path))
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def tensorboard_videos(path: str | Path) -> dict[str, list[tuple[int, bytes]]]:
+    """Every video (an animated GIF in an image summary, as TensorBoard's add_video writes them) of a run directory:
+    ``{tag: [(step, gif bytes), ...]}``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(path), size_guidance={"images": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.encoded_image_string) for e in acc.Images(tag)] for tag in acc.Tags()["images"]}
 
 
 def scalar_steps(path: str | Path) -> dict[str, list[int]]:
@@ -102,9 +118,29 @@ SMOKE_FIT_THREADS = 1  # one thread: bit-exact comparisons across processes neve
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> Path:
     """The directory of one ``fit --config configs/dmc.yaml --config configs/smoke.yaml`` run on Dmc-cartpole-balance
-    (logs under ``logs/mrq/version_0``), shared by every test that inspects it."""
+    (logs under ``logs/mrq/version_0``), shared by every test that inspects it.
+
+    Evaluation videos are on (every 2nd evaluation: env steps 0 and 600, 60 env steps each, also as mp4 in ``videos/``): the tests comparing
+    this run with runs without videos (test_example.py, test_loggers.py) also show that videos change nothing."""
     cwd = tmp_path_factory.mktemp("smoke")
     args = ["fit", "--config", str(CONFIGS / "dmc.yaml"), "--config", str(CONFIGS / "smoke.yaml"),
-            "--data.env", "Dmc-cartpole-balance"]  # fmt: skip
+            "--data.env", "Dmc-cartpole-balance", "--video.every_n_evals", "2", "--video.max_steps", "60",
+            "--video.save_dir", "videos"]  # fmt: skip
     run_ok(args, cwd, threads=SMOKE_FIT_THREADS)
     return cwd
+
+
+def gif_summary(gif: bytes, fps: float) -> tuple[int, tuple[int, int]]:
+    """``(frames, (width, height))`` of an animated GIF written at ``fps``. Pillow merges a frame identical to the
+    one before it into that frame (adding up their durations), so frames are counted by duration: each stored frame
+    rounds its duration to 10 ms."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(gif))
+    total_ms = 0
+    for index in range(image.n_frames):
+        image.seek(index)
+        total_ms += image.info["duration"]
+    frames = round(total_ms * fps / 1000)
+    assert abs(total_ms - frames * 1000 / fps) <= 10 * image.n_frames
+    return frames, image.size

@@ -37,6 +37,25 @@ def test_smoke_fit_writes_tensorboard_scalars_by_env_step(smoke_run):
     assert (Path(log_dir) / "config.yaml").exists()
 
 
+@pytest.mark.slow
+def test_smoke_fit_logs_evaluation_videos(smoke_run):
+    """Videos after every 2nd evaluation and the last (env steps 0 and 600, not 300): an animated GIF per view in
+    TensorBoard (the reset frame + 60 env steps, 240x320 camera scaled to 160 wide), the same clips as mp4."""
+    import imageio.v3 as iio
+    from conftest import gif_summary, tensorboard_videos
+
+    (log_dir,) = glob.glob(str(smoke_run / "logs" / "mrq" / "version_*"))
+    videos = tensorboard_videos(log_dir)
+    assert sorted(videos) == ["eval/video/camera"]
+    assert [step for step, _ in videos["eval/video/camera"]] == [0, 600]
+    assert [gif_summary(gif, fps=50) for _, gif in videos["eval/video/camera"]] == [(61, (160, 120))] * 2
+    assert [step for step, _ in tensorboard_scalars(log_dir)["perf/video_seconds"]] == [0, 600]
+    for step in (0, 600):
+        frames = iio.imread(smoke_run / "videos" / f"Dmc-cartpole-balance_step{step}_camera.mp4")
+        assert frames.shape == (61, 240, 320, 3)
+    assert len(list((smoke_run / "videos").iterdir())) == 2
+
+
 def _evaluate_in_process(checkpoint: dict | None) -> float:
     """The first episode of a fresh Dmc-cartpole-balance eval env (seed 0 + 100) under the smoke model, with the
     checkpoint's weights (or the untrained ones): what ``test`` must report."""
@@ -73,7 +92,7 @@ def test_test_subcommand_evaluates_the_checkpoint_weights(smoke_run, tmp_path):
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     proc = _cli(
         ["test", "--config", f"{REPO}/configs/dmc.yaml", "--config", f"{REPO}/configs/smoke.yaml",
-         "--data.env", "Dmc-cartpole-balance", "--ckpt_path", str(ckpt)],
+         "--data.env", "Dmc-cartpole-balance", "--ckpt_path", str(ckpt), "--video.save_dir", "test_videos"],
         tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -81,6 +100,15 @@ def test_test_subcommand_evaluates_the_checkpoint_weights(smoke_run, tmp_path):
                      proc.stdout + proc.stderr)  # fmt: skip
     expected = _evaluate_in_process(torch.load(ckpt, weights_only=True))
     assert float(line.group(1)) == float(line.group(2)) == pytest.approx(expected, abs=1e-4)
+    # --video.save_dir: the test episode played again on a rendering copy of the eval env, the whole episode as mp4,
+    # with the test's return.
+    video = re.search(r"MR.Q test video: episode 0 return ([-0-9.]+) \(500 env steps\) -> (\S+\.mp4)",
+                      proc.stdout + proc.stderr)  # fmt: skip
+    assert video.group(1) == line.group(2)
+    assert Path(video.group(2)) == tmp_path / "test_videos" / "Dmc-cartpole-balance_step600_episode0_camera.mp4"
+    import imageio.v3 as iio
+
+    assert iio.imread(video.group(2)).shape == (501, 240, 320, 3)
     assert abs(_evaluate_in_process(None) - expected) > 1.0  # untrained weights would give another return
     assert sorted(p.name for p in run_dir.parent.iterdir()) == ["version_0"]
     assert scalar_steps(run_dir)["test/return"] == [600]

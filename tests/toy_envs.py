@@ -13,7 +13,8 @@ class ToyReach(gym.Env):
     """Continuous vector task: move a point in [-1, 1]^2 to the origin. Actions in [0, 2]^2 (asymmetric, so MR.Q's
     [-1, 1] actions are mapped affinely) are shifted by -1; reward -|x|_1; 50-step time limit (truncation only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, step_size: float = 0.2) -> None:
+        self.step_size = step_size
         self.observation_space = spaces.Box(-1.0, 1.0, (2,), np.float64)
         self.action_space = spaces.Box(0.0, 2.0, (2,), np.float32)
 
@@ -23,7 +24,7 @@ class ToyReach(gym.Env):
         return self.x.copy(), {}
 
     def step(self, action):
-        self.x = np.clip(self.x + 0.2 * (np.asarray(action, dtype=np.float64) - 1.0), -1.0, 1.0)
+        self.x = np.clip(self.x + self.step_size * (np.asarray(action, dtype=np.float64) - 1.0), -1.0, 1.0)
         return self.x.copy(), -float(np.abs(self.x).sum()), False, False, {}
 
 
@@ -72,6 +73,28 @@ class ToyDict(gym.Env):
     def step(self, action):
         return {"position": np.zeros(2, np.float32)}, 0.0, True, False, {}
 
+
+def make_torchrl_cartpole(from_pixels: bool = False):
+    """A TorchRL env factory for the ``class_path`` form: gymnasium's CartPole through TorchRL's ``GymEnv`` (float32
+    "observation", one-hot actions, terminated/truncated), MR.Q's contract as it is."""
+    from torchrl.envs import GymEnv
+
+    return GymEnv("CartPole-v1", from_pixels=from_pixels)
+
+
+def make_torchrl_pendulum():
+    """A TorchRL env outside the contract: actions bounded in [-2, 2], not [-1, 1]."""
+    from torchrl.envs import GymEnv
+
+    return GymEnv("Pendulum-v1")
+
+
+def not_an_env() -> float:
+    """A class_path target that returns something else than an env (refused in one line)."""
+    return 1.5
+
+
+REACH_LIMIT = 40  # not callable: refused as a class_path target
 
 for _id, _entry, _limit in (("ToyReach-v0", ToyReach, 50), ("ToyCatch-v0", ToyCatch, None), ("ToyDict-v0", ToyDict, None)):
     if _id not in gym.registry:

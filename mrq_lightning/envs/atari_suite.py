@@ -177,6 +177,15 @@ class AtariEnv(gym.Env):
     def close(self) -> None:
         self.env.close()
 
+    # ------------------------------------------------------------------ videos (README "Evaluation videos")
+    @property
+    def video_fps(self) -> float:
+        return 60.0 / self.frame_skip  # the emulator runs at 60 frames per second; one video frame per agent step
+
+    def render_views(self) -> dict[str, np.ndarray]:
+        """The emulator screen in colour, (210, 160, 3) uint8 (reading it does not advance the emulator)."""
+        return {"screen": self.ale.getScreenRGB()}
+
     # ------------------------------------------------------------------ checkpoint/resume
     def get_state(self) -> dict:
         """Emulator state with its RNG (sticky actions), max-pool queue, frame history, frame counter, ε RNG."""

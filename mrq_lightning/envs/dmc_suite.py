@@ -56,6 +56,7 @@ ACTION_REPEAT = 2
 MAX_AGENT_STEPS = 500
 HISTORY = 3
 IMAGE_SIZE = 84
+VIDEO_SIZE = (240, 320)  # (height, width) of the camera view in evaluation videos
 
 _GL_FIX = (
     "Headless MuJoCo rendering needs an OpenGL backend chosen before dm_control/mujoco is first imported: "
@@ -168,6 +169,18 @@ class DMCEnv(gym.Env):
     def close(self) -> None:
         self._env.close()
 
+    # ------------------------------------------------------------------ videos (README "Evaluation videos")
+    @property
+    def video_fps(self) -> float:
+        """Agent steps per second of simulated time (control timestep x action repeat)."""
+        return 1.0 / (self._raw.control_timestep() * self.action_repeat)
+
+    def render_views(self) -> dict[str, np.ndarray]:
+        """What a video shows now: the task's camera at VIDEO_SIZE, (H, W, 3) uint8. Rendering reads the physics
+        state and changes nothing, so an episode plays out the same with or without it."""
+        height, width = VIDEO_SIZE
+        return {"camera": self._raw.physics.render(height=height, width=width, camera_id=camera_for(self.domain))}
+
     # ------------------------------------------------------------------ checkpoint/resume
     def get_state(self) -> dict:
         """Physics (integration state + task-modified model fields), task RNG and step counters."""
@@ -251,6 +264,10 @@ class DMCVisualEnv(DMCEnv):
         self._frames.clear()
         if state["frames"] is not None:
             self._frames.extend(list(state["frames"].numpy().copy()))
+
+    def render_views(self) -> dict[str, np.ndarray]:
+        """The agent's own view (its newest 84x84 frame) beside the larger camera view."""
+        return {"agent_view": self._frames[-1].transpose(1, 2, 0), **super().render_views()}
 
     def _observe(self, time_step, first: bool) -> np.ndarray:
         frame = self._render()

@@ -37,6 +37,7 @@ from mrq_lightning.errors import EnvironmentNameError, EnvironmentSetupError
 
 PIXEL_HISTORY = 3
 IMAGE_SIZE = 84
+VIDEO_SIZE = (240, 320)  # (height, width) asked of envs that render (evaluation videos)
 SUPPORTED = ("observations: a Box of numbers (vector) or a uint8 0-255 Box image (H, W[, C]) or (C, H, W); "
              "actions: Discrete(n) or a bounded 1-D Box")  # fmt: skip
 
@@ -46,9 +47,9 @@ from .state import gymnasium_state, set_gymnasium_state
 __all__ = ["GymSuiteEnv"]
 
 
-def _make_inner(env_id: str) -> gym.Env:
+def _make_inner(env_id: str, render: bool = False) -> gym.Env:
     try:
-        return gym.make(env_id)
+        return _make_rendering(env_id) if render else gym.make(env_id)
     except gym.error.DependencyNotInstalled as err:  # the id exists; gymnasium's message names the package
         raise EnvironmentSetupError(f"Gym-{env_id}: {err}") from err
     except ImportError as err:  # the module of a `module:EnvId` id
@@ -65,6 +66,18 @@ def _make_inner(env_id: str) -> gym.Env:
         ) from err
 
 
+def _make_rendering(env_id: str) -> gym.Env:
+    """The env with ``render_mode="rgb_array"`` (at VIDEO_SIZE where its constructor takes a size, as MuJoCo's do),
+    or without rendering when its constructor refuses a render mode: videos then show the agent view only."""
+    height, width = VIDEO_SIZE
+    for kwargs in ({"render_mode": "rgb_array", "width": width, "height": height}, {"render_mode": "rgb_array"}):
+        try:
+            return gym.make(env_id, **kwargs)
+        except TypeError:  # the constructor takes no such argument
+            continue
+    return gym.make(env_id)
+
+
 def _close_ids(env_id: str) -> list[str]:
     import difflib
 
@@ -76,11 +89,25 @@ class GymSuiteEnv(gym.Env):
 
     metadata: dict[str, Any] = {"render_modes": []}
 
-    def __init__(self, env_id: str, seed: int, **make_kwargs: Any) -> None:
+    def __init__(
+        self,
+        env_id: str,
+        seed: int,
+        *,
+        render: bool = False,
+        inner: gym.Env | None = None,
+        max_episode_steps: int | None = None,
+        **make_kwargs: Any,
+    ) -> None:
+        """``inner``: an env already built (the ``class_path`` form, envs/custom.py; ``env_id`` is then its name
+        in messages) instead of ``gymnasium.make(env_id)``; ``max_episode_steps``: its time limit, when its spec
+        has none."""
         if make_kwargs:
             raise TypeError(f"Gym-{env_id}: unexpected keyword arguments {sorted(make_kwargs)}")
         self.env_id = env_id
-        self.env = _make_inner(env_id)
+        self.label = f"Gym-{env_id}" if inner is None else env_id  # the name in messages
+        self.env = inner if inner is not None else _make_inner(env_id, render)
+        self._max_episode_steps = max_episode_steps
         try:
             self._set_observation_space(self.env.observation_space)
             self._set_action_space(self.env.action_space)
@@ -91,7 +118,7 @@ class GymSuiteEnv(gym.Env):
 
     def _refuse(self, what: str) -> EnvironmentSetupError:
         what = " ".join(what.split())  # large spaces print over several lines
-        return EnvironmentSetupError(f"Gym-{self.env_id}: unsupported {what}. MR.Q supports {SUPPORTED}.")
+        return EnvironmentSetupError(f"{self.label}: unsupported {what}. MR.Q supports {SUPPORTED}.")
 
     def _set_observation_space(self, space: spaces.Space) -> None:
         if not isinstance(space, spaces.Box):
@@ -166,6 +193,24 @@ class GymSuiteEnv(gym.Env):
     def close(self) -> None:
         self.env.close()
 
+    # ------------------------------------------------------------------ videos (README "Evaluation videos")
+    @property
+    def video_fps(self) -> float:
+        return float(self.env.metadata.get("render_fps") or 30)
+
+    def render_views(self) -> dict[str, np.ndarray]:
+        """The agent's view (newest 84x84 frame) for image observations, and the env's own ``rgb_array`` render
+        when it was built with ``render=True`` and can render. Empty when neither exists."""
+        views = {}
+        if self._frames:
+            frame = self._frames[-1][: min(self.frame_channels, 3)].transpose(1, 2, 0)  # drop an alpha channel
+            views["agent_view"] = np.repeat(frame, 3, axis=2) if frame.shape[2] == 1 else frame
+        if self.env.render_mode == "rgb_array":
+            image = self.env.render()
+            if image is not None:
+                views["render"] = np.asarray(image, dtype=np.uint8)
+        return views
+
     # ------------------------------------------------------------------ checkpoint/resume
     def get_state(self) -> dict | None:
         """Mid-episode state (MuJoCo or classic-control tasks; the frame stack of an image env), or ``None`` when
@@ -209,5 +254,5 @@ class GymSuiteEnv(gym.Env):
             history=PIXEL_HISTORY if pixels else 1,
             frame_channels=self.frame_channels,
             max_action=self.max_action,
-            max_episode_steps=self.env.spec.max_episode_steps if self.env.spec is not None else None,
+            max_episode_steps=self.env.spec.max_episode_steps if self.env.spec is not None else self._max_episode_steps,
         )

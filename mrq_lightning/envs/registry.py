@@ -35,17 +35,24 @@ def make_gymnasium_env(
     *,
     evaluation: bool = False,
     official_quirks: bool = False,
+    render: bool = False,
     **suite_kwargs: Any,
 ) -> tuple[Any, EnvInfo]:
     """Build the gymnasium-level preset (no TorchRL): returns ``(gymnasium.Env, EnvInfo)``.
 
     ``suite_kwargs`` go to the suite class (e.g. ``max_frames=400`` for Atari, ``max_steps`` for DMC).
+    ``render=True`` builds a ``Gym-*`` env with ``render_mode="rgb_array"`` for videos (DMC and Atari always
+    render on request); every suite's ``render_views()`` returns the frames a video shows.
     """
+    if not isinstance(name, str):  # the class_path form (envs/custom.py)
+        from .custom import make_custom_env
+
+        return make_custom_env(_spec(name), seed, render=render, torchrl=False)
     parsed = parse_env_name(name)
     if parsed.suite == "gym":
         from . import gym_suite
 
-        env = gym_suite.GymSuiteEnv(parsed.target[0], seed, **suite_kwargs)
+        env = gym_suite.GymSuiteEnv(parsed.target[0], seed, render=render, **suite_kwargs)
     elif parsed.suite == "dmc":
         from . import dmc_suite
 
@@ -69,6 +76,7 @@ def make_env(
     evaluation: bool = False,
     official_quirks: bool = False,
     device: Any = "cpu",
+    render: bool = False,
     **suite_kwargs: Any,
 ) -> tuple[Any, EnvInfo]:
     """Build a preset as a TorchRL env: returns ``(torchrl.envs.EnvBase, EnvInfo)``.
@@ -82,7 +90,18 @@ def make_env(
     """
     from torchrl.envs import GymWrapper
 
+    if not isinstance(name, str):  # the class_path form (envs/custom.py)
+        from .custom import make_custom_env
+
+        return make_custom_env(_spec(name), seed, render=render, device=device)
     env, info = make_gymnasium_env(
-        name, seed, evaluation=evaluation, official_quirks=official_quirks, **suite_kwargs
+        name, seed, evaluation=evaluation, official_quirks=official_quirks, render=render, **suite_kwargs
     )
     return GymWrapper(env, device=device), info
+
+
+def _spec(env):
+    """A :class:`~.custom.CustomEnvSpec` from one, or from the ``class_path`` mapping of a config."""
+    from .custom import CustomEnvSpec, custom_env_spec
+
+    return env if isinstance(env, CustomEnvSpec) else custom_env_spec(env)

@@ -157,10 +157,7 @@ def _gymnasium_level(env):
     from torchrl.envs import EnvBase
 
     if isinstance(env, EnvBase):
-        inner = torchrl_wrapped_env(env)
-        if inner is None:
-            raise TypeError(f"{type(env).__name__} does not wrap a gymnasium env; cannot save its state")
-        return inner
+        return torchrl_wrapped_env(env)  # None for a TorchRL env of your own (envs/custom.py): no state API
     return env
 
 
@@ -177,6 +174,6 @@ def get_env_state(env) -> dict[str, Any] | None:
 def set_env_state(env, state: dict[str, Any]) -> None:
     """Restore :func:`get_env_state` output. Raises ``ValueError`` if it belongs to another kind of env."""
     target = _gymnasium_level(env)
-    if state.get("class") != type(target).__name__ or not hasattr(target, "set_state"):
+    if target is None or state.get("class") != type(target).__name__ or not hasattr(target, "set_state"):
         raise ValueError(f"env state was saved from {state.get('class')}, cannot restore it into {type(target).__name__}")
     target.set_state(state["state"])

@@ -29,6 +29,7 @@ from mrq_lightning.training.cli_messages import HELP_ALL, one_line_error, option
 from mrq_lightning.training.datamodule import MRQDataModule
 from mrq_lightning.training.module import BUDGET_IN_ENV_STEPS, MRQ, lightning_budget_set
 from mrq_lightning.training.signals import slurm_job_id, slurm_requeue_signal
+from mrq_lightning.training.videos import EvaluationVideos
 
 _CKPT_KEYWORDS = ("last", "best", "hpc", "registry")  # --ckpt_path values Lightning resolves itself (not files)
 
@@ -130,6 +131,9 @@ class MRQLightningCLI(LightningCLI):
                 init_args["save_dir"] = str(Path(root) / "logs")  # the default logger follows default_root_dir
         if init_args is not None and init_args.get("save_dir"):
             check_writable_directory(init_args["save_dir"], "--trainer.logger.init_args.save_dir")
+        video_dir = (config.get("video") or {}).get("save_dir")
+        if video_dir:
+            check_writable_directory(video_dir, "--video.save_dir")
         if self.subcommand == "test" and not config.get("ckpt_path"):
             raise ConfigurationError(
                 "test evaluates a trained checkpoint: pass --ckpt_path PATH.ckpt, or --ckpt_path last for the newest run "
@@ -145,6 +149,7 @@ class MRQLightningCLI(LightningCLI):
         # --checkpoint.every_n_env_steps 50000).
         parser.add_lightning_class_args(EnvStepProgressBar, "progress_bar")
         parser.add_lightning_class_args(MRQCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(EvaluationVideos, "video")  # --video.every_n_evals, --video.save_dir
 
     def _instantiate_trainer(self, config, callbacks):
         # (Private LightningCLI hook, lightning 2.6.6; listed in third_party.py.)

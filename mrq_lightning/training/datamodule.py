@@ -37,6 +37,7 @@ from mrq_lightning import third_party
 from mrq_lightning.agent import Warmup
 from mrq_lightning.data import MRQReplayBuffer
 from mrq_lightning.envs import EnvInfo, make_env, parse_env_name
+from mrq_lightning.envs.custom import custom_env_spec
 from mrq_lightning.envs.state import get_env_state, set_env_state
 from mrq_lightning.errors import CheckpointError, ConfigurationError
 from mrq_lightning.evaluation import evaluate_policy
@@ -89,7 +90,8 @@ class MRQDataModule(LightningDataModule):
 
     Args:
         env: environment name: ``Gym-<id>``, ``Dmc-<domain>-<task>``, ``Dmc-visual-<domain>-<task>`` or
-            ``Atari-<Game>-v5``.
+            ``Atari-<Game>-v5``; or your own env class / factory as ``{class_path: ..., init_args: {...},
+            max_episode_steps: ...}`` (envs/custom.py).
         seed: base seed. The training env of rank r uses ``seed + 1000 * r``; the eval env ``seed + 100``
             (algorithm §14).
         total_steps: environment-step budget (agent steps, after action repeat).
@@ -105,7 +107,7 @@ class MRQDataModule(LightningDataModule):
 
     def __init__(
         self,
-        env: str = "Gym-HalfCheetah-v4",
+        env: str | dict[str, Any] = "Gym-HalfCheetah-v4",
         seed: int = 0,
         total_steps: int = 1_000_000,
         random_steps: int = REPLAY.random_steps,
@@ -139,8 +141,13 @@ class MRQDataModule(LightningDataModule):
                 raise ConfigurationError(
                     f"data.buffer_device={buffer_device!r} is not a device: use auto (default), cpu or cuda"
                 ) from err
-        parse_env_name(env)  # fail at config time, before any simulator starts, with the valid forms
-        self.env_name = env
+        # Fail at config time, before any simulator starts: a name with the valid forms, or the class_path form.
+        if isinstance(env, dict):
+            self.env_spec = custom_env_spec(env)
+            self.env_name = self.env_spec.name
+        else:
+            parse_env_name(env)
+            self.env_spec = self.env_name = env
         self.seed = seed
         self.total_steps = total_steps
         self.random_steps = random_steps
@@ -204,10 +211,10 @@ class MRQDataModule(LightningDataModule):
         if self.env_info is not None:
             return
         self.env, self.env_info = make_env(
-            self.env_name, self.seed + 1000 * self.rank, official_quirks=self.official_quirks
+            self.env_spec, self.seed + 1000 * self.rank, official_quirks=self.official_quirks
         )
         self.eval_env, _ = make_env(
-            self.env_name, self.seed + 100, evaluation=True, official_quirks=self.official_quirks
+            self.env_spec, self.seed + 100, evaluation=True, official_quirks=self.official_quirks
         )
         info = self.env_info
         if info.discrete:
@@ -277,6 +284,13 @@ class MRQDataModule(LightningDataModule):
         exploration = exploration or ExplorationType.DETERMINISTIC
         greedy = exploration == ExplorationType.MODE and self.greedy_eval_env is not None
         return evaluate_policy(self.greedy_eval_env if greedy else self.eval_env, policy, self.eval_episodes, exploration)
+
+    def make_video_env(self):
+        """A fresh copy of the evaluation env (seed + 100) that renders, for videos (training/videos.py)."""
+        env, _ = make_env(
+            self.env_spec, self.seed + 100, evaluation=True, official_quirks=self.official_quirks, render=True
+        )
+        return env
 
     # ------------------------------------------------------------------ checkpoint / resume
     def state_dict(self) -> dict[str, Any]:

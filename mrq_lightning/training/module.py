@@ -162,6 +162,7 @@ class MRQ(LightningModule):
         self.env_steps = 0  # env steps taken (checkpointed); RL updates are counted by the updater
         self._learning = False  # the warm-up is over (recomputed after a resume: it only ever turns true)
         self.last_eval_return = float("nan")
+        self.evaluated_at: int | None = None  # env step of the latest evaluation
         self._metrics: dict[str, float | torch.Tensor] = {}
         self._eval_seconds = 0.0
         self._rate_mark: tuple[float, int] | None = None
@@ -301,6 +302,7 @@ class MRQ(LightningModule):
                 scalars["eval/return_greedy"] = mean(datamodule.evaluate(self.acting_policy, ExplorationType.MODE))
         self.train(was_training)
         self.last_eval_return = scalars["eval/return"]
+        self.evaluated_at = at_step  # read by the video callback (training/videos.py)
         self._write_scalars(scalars, at_step)
         self._eval_seconds += time.perf_counter() - t0
 
