@@ -190,7 +190,7 @@ def _drive(runs: list[Run], fit_args: list[str], digest: str, options: SweepOpti
     try:
         task = ray.remote(num_cpus=options.cpus_per_run, num_gpus=options.gpus_per_run, max_retries=0)(execute_run)
         capacity = _capacity(ray, options)
-        out(f"sweep: {len(todo)} runs to do, {capacity} at a time ({options.cpus_per_run:g} CPU, "
+        out(f"sweep: {len(todo)} run{'s' if len(todo) != 1 else ''} to do, {capacity} at a time ({options.cpus_per_run:g} CPU, "
             f"{options.gpus_per_run:g} GPU each), {options.max_retries} retries per run")  # fmt: skip
         attempts = dict.fromkeys(todo, 0)
         pending, in_flight, last_summary = list(todo), {}, time.monotonic()

@@ -13,6 +13,7 @@ evaluation env and written as ``DIR/<env>_step<k>_episode<i>_<view>.mp4``; their
 from __future__ import annotations
 
 import re
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from torchrl.envs.utils import ExplorationType
 
 from mrq_lightning.errors import ConfigurationError
 from mrq_lightning.third_party import open_tensorboard_file_writer
-from mrq_lightning.video import Mp4Writer, gif_bytes, record_episodes, render_source
+from mrq_lightning.video import Mp4Writer, gif_bytes, record_episodes, render_source, write_mp4
 
 __all__ = ["EvaluationVideos"]
 
@@ -157,7 +158,7 @@ class EvaluationVideos(Callback):
 def log_video(loggers, tag: str, frames: list, fps: float, step: int) -> None:
     """Log one clip ((H, W, 3) uint8 frames) to every logger that shows videos: TensorBoard (an animated GIF in an
     image summary, what ``SummaryWriter.add_video`` writes; done here because add_video needs moviepy < 2, whose
-    ``moviepy.editor`` moviepy 2 removed) and W&B. Other loggers (CSV, MLflow) have no video type."""
+    ``moviepy.editor`` moviepy 2 removed) and W&B (an mp4). Other loggers (CSV, MLflow) have no video type."""
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             from tensorboard.compat.proto.summary_pb2 import Summary
@@ -169,7 +170,7 @@ def log_video(loggers, tag: str, frames: list, fps: float, step: int) -> None:
             logger.experiment  # noqa: B018 (opens the SummaryWriter if nothing was logged yet)
             open_tensorboard_file_writer(logger).add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
         elif isinstance(logger, WandbLogger):
-            import numpy as np
-
-            clip = np.stack(frames).transpose(0, 3, 1, 2)  # wandb.Video takes (T, C, H, W)
-            logger.log_video(tag, [clip], step=step, fps=[int(round(fps))], format=["mp4"])
+            # An mp4 file (wandb copies it into the run): wandb.Video would need moviepy to encode raw frames.
+            with tempfile.TemporaryDirectory() as tmp:
+                path = write_mp4(Path(tmp) / f"{tag.replace('/', '_')}.mp4", frames, fps)
+                logger.log_video(tag, [str(path)], step=step)
