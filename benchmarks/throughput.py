@@ -212,14 +212,24 @@ def _report(name: str, r: dict) -> float:
     return rate
 
 
-def main() -> None:
-    args = _parse()
+def prepare(threads: int) -> None:
+    """The common start of the benchmark scripts: Lightning quiet, headless MuJoCo, ``threads`` torch threads."""
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     os.environ.setdefault("MUJOCO_GL", "egl")
-    torch.set_num_threads(args.threads)
-    timed = max(250, -(-args.steps // 250) * 250)
+    torch.set_num_threads(threads)
+
+
+def whole_cycles(steps: int) -> int:
+    """``steps`` rounded up to whole 250-step cycles (each holds one encoder burst), at least one."""
+    return max(250, -(-steps // 250) * 250)
+
+
+def main() -> None:
+    args = _parse()
+    prepare(args.threads)
+    timed = whole_cycles(args.steps)
     result = run_lightning(args, timed)
     rate = _report("lightning", result)
     if args.baseline:

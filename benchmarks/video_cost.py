@@ -18,14 +18,10 @@ evaluation and after the last), e.g. for DMC: 500k env steps, evaluations every 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import tempfile
 import time
-import warnings
-
-import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -74,12 +70,9 @@ def time_video(env_name: str, policy, max_steps: int) -> tuple[float, int]:
 
 def main() -> None:
     args = _parse()
-    warnings.filterwarnings("ignore")
-    logging.getLogger("lightning").setLevel(logging.ERROR)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    torch.set_num_threads(args.threads)
-    from throughput import run_lightning
+    from throughput import prepare, run_lightning, whole_cycles
+
+    prepare(args.threads)
 
     from mrq_lightning.envs import make_env
     from mrq_lightning.evaluation import evaluate_policy
@@ -97,7 +90,7 @@ def main() -> None:
     evaluate_policy(eval_env, policy, episodes=eval_episodes)
     eval_s = time.perf_counter() - t0
 
-    timed = max(250, -(-args.train_steps // 250) * 250)
+    timed = whole_cycles(args.train_steps)
     train = run_lightning(argparse.Namespace(env=args.env, seed=0, warmup=1000, device="cpu", precision="32-true"), timed)
     train_rate = train["steps"] / train["wall"]
 

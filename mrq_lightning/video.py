@@ -1,6 +1,6 @@
 """Evaluation videos: play episodes on a rendering env and hand each frame's views to a sink (algorithm §14).
 
-Framework-free (no Lightning): used by the training callback (TensorBoard / W&B videos), by ``test --video.dir``
+Framework-free (no Lightning): used by the training callback (TensorBoard / W&B videos), by ``test --video.save_dir``
 (mp4 files) and directly from plain TorchRL code. Every preset's gymnasium-level env has ``render_views()``
 (view name -> (H, W, 3) uint8 frame) and ``video_fps``; ``make_env(..., render=True)`` builds one that renders.
 
@@ -11,6 +11,7 @@ imageio-ffmpeg's bundled ffmpeg for mp4 files.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,10 +23,15 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
 from mrq_lightning.evaluation import policy_device, policy_rng_fork
 from mrq_lightning.third_party import torchrl_wrapped_env
 
-__all__ = ["FrameSink", "gif_bytes", "record_episodes", "render_source", "write_mp4"]
+__all__ = ["FrameSink", "NothingToRender", "gif_bytes", "record_episodes", "render_source", "write_mp4"]
 
 FrameSink = Callable[[dict[str, np.ndarray]], None]
 GIF_MAX_WIDTH = 160  # pixels: TensorBoard GIFs of larger views are scaled down (size of the event file)
+GIF_MAX_FPS = 50  # GIF delays are whole 1/100 s and browsers slow down shorter ones: faster clips drop frames
+
+
+class NothingToRender(ValueError):
+    """The env shows nothing: its first frame after reset has no views (no rgb_array render, no image state)."""
 
 
 def render_source(env: EnvBase):
@@ -60,7 +66,10 @@ def record_episodes(
         for k in range(episodes):
             sink = open_sink(k)
             td = env.reset()
-            sink(source.render_views())
+            views = source.render_views()
+            if not views:
+                raise NothingToRender(f"{type(source).__name__} has no rgb_array render mode and no image observations")
+            sink(views)
             total, steps, done = 0.0, 0, False
             while not done and (max_steps is None or steps < max_steps):
                 td = env.step(policy(td.to(device)).to(env.device))
@@ -76,13 +85,16 @@ def record_episodes(
 def gif_bytes(frames: Sequence[np.ndarray], fps: float, max_width: int = GIF_MAX_WIDTH) -> bytes:
     """An endlessly looping animated GIF of ``frames`` ((H, W, 3) uint8), as TensorBoard shows videos.
 
-    Frames wider than ``max_width`` are scaled down (area averaging) and quantised to 256 colours each with
-    Pillow's fast octree: a 500-frame 240x320 camera clip is then about 1.5 MB instead of 16 MB (Pillow's default
-    median-cut GIF writer), encoded in a fraction of a second. Full-size videos: the mp4 files of ``Mp4Writer``.
+    Clips faster than ``GIF_MAX_FPS`` keep every k-th frame. Frames wider than ``max_width`` are scaled down (area
+    averaging) and quantised to 256 colours each with Pillow's fast octree: a 500-frame 240x320 camera clip is then
+    about 1.5 MB instead of 16 MB (Pillow's default median-cut GIF writer), encoded in a fraction of a second.
+    Full-size videos: the mp4 files of ``Mp4Writer``.
     """
     import cv2
     from PIL import Image
 
+    stride = math.ceil(fps / GIF_MAX_FPS)  # e.g. Hopper's 125 fps: every 3rd frame, at 41.7 fps
+    frames, fps = frames[::stride], fps / stride
     height, width = frames[0].shape[:2]
     size = (max_width, round(height * max_width / width)) if width > max_width else None
     images = [
@@ -91,8 +103,12 @@ def gif_bytes(frames: Sequence[np.ndarray], fps: float, max_width: int = GIF_MAX
         )
         for f in frames
     ]
+    # Delays in whole 10 ms (GIF stores 1/100 s), rounded cumulatively: a 15 fps clip alternates 70 and 60 ms and
+    # keeps its real-time length.
+    ends = [10 * round((k + 1) * 100 / fps) for k in range(len(images))]
+    delays = [end - start for start, end in zip([0, *ends[:-1]], ends)]
     buffer = io.BytesIO()
-    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=1000.0 / fps, loop=0)
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=delays, loop=0)
     return buffer.getvalue()
 
 

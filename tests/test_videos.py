@@ -115,6 +115,29 @@ def test_gif_for_tensorboard_is_scaled_to_160_wide_and_mp4_keeps_every_frame(tmp
     assert np.abs(decoded[7].astype(int) - 70).max() <= 3  # H.264 is lossy, but not on a flat frame
 
 
+def test_gif_delays_keep_real_time_and_fast_clips_drop_frames():
+    from PIL import Image
+
+    frames = [np.full((8, 8, 3), 10 * t, np.uint8) for t in range(9)]
+    image = Image.open(io.BytesIO(gif_bytes(frames, fps=15)))  # Atari: 66.7 ms per frame
+    delays = []
+    for index in range(image.n_frames):
+        image.seek(index)
+        delays.append(image.info["duration"])
+    assert delays == [70, 60, 70, 70, 60, 70, 70, 60, 70] and sum(delays) == 600  # 9 frames at 15 fps: 0.6 s
+    fast = Image.open(io.BytesIO(gif_bytes(frames, fps=125)))  # Hopper: every 3rd frame, at 41.7 fps
+    assert fast.n_frames == 3 and gif_summary(gif_bytes(frames, fps=125), fps=125 / 3) == (3, (8, 8))
+
+
+@pytest.mark.envs
+def test_an_env_that_shows_nothing_is_said_after_its_reset():
+    from mrq_lightning.video import NothingToRender
+
+    reach, _ = make_env("Gym-tests.toy_envs:ToyReach-v0", 0, render=True)  # vector state, no render_mode
+    with pytest.raises(NothingToRender, match="no rgb_array render mode and no image observations"):
+        record_episodes(reach, _mrq_actor("Gym-tests.toy_envs:ToyReach-v0"), lambda k: (lambda views: None))
+
+
 def test_video_options_are_checked_in_one_line():
     from mrq_lightning.training.videos import EvaluationVideos
 

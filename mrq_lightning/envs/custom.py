@@ -92,7 +92,7 @@ def _gymnasium_inner(spec: CustomEnvSpec, render: bool):
     if render:
         try:
             env = target(**spec.init_args, render_mode="rgb_array")
-        except TypeError:
+        except TypeError:  # it takes no render_mode (another TypeError shows again just below)
             env = None
     if env is None:
         env = target(**spec.init_args)
@@ -114,9 +114,13 @@ def make_custom_env(spec: CustomEnvSpec, seed: int, *, render: bool = False, dev
         env = GymSuiteEnv(spec.name, seed, inner=built, max_episode_steps=spec.max_episode_steps)
         return (GymWrapper(env, device=device) if torchrl else env), env.env_info(spec.name)
     if isinstance(built, EnvBase):
-        if not torchrl:
-            raise EnvironmentSetupError(f"{spec.name} is a TorchRL env: build it with make_env, not make_gymnasium_env")
-        info = _torchrl_env_info(spec, built)
+        try:
+            if not torchrl:
+                raise EnvironmentSetupError(f"{spec.name} is a TorchRL env: build it with make_env, not make_gymnasium_env")
+            info = _torchrl_env_info(spec, built)
+        except EnvironmentSetupError:
+            built.close()
+            raise
         if spec.max_episode_steps:
             from torchrl.envs import StepCounter, TransformedEnv
 

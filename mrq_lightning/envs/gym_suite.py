@@ -208,7 +208,7 @@ class GymSuiteEnv(gym.Env):
         if self.env.render_mode == "rgb_array":
             image = self.env.render()
             if image is not None:
-                views["render"] = np.asarray(image, dtype=np.uint8)
+                views["render"] = np.array(image, dtype=np.uint8)  # a copy: a renderer may refill one buffer
         return views
 
     # ------------------------------------------------------------------ checkpoint/resume

@@ -44,7 +44,7 @@ def make_gymnasium_env(
     ``render=True`` builds a ``Gym-*`` env with ``render_mode="rgb_array"`` for videos (DMC and Atari always
     render on request); every suite's ``render_views()`` returns the frames a video shows.
     """
-    if not isinstance(name, str):  # the class_path form (envs/custom.py)
+    if _is_custom(name):  # the class_path form (envs/custom.py)
         from .custom import make_custom_env
 
         return make_custom_env(_spec(name), seed, render=render, torchrl=False)
@@ -90,7 +90,7 @@ def make_env(
     """
     from torchrl.envs import GymWrapper
 
-    if not isinstance(name, str):  # the class_path form (envs/custom.py)
+    if _is_custom(name):  # the class_path form (envs/custom.py)
         from .custom import make_custom_env
 
         return make_custom_env(_spec(name), seed, render=render, device=device)
@@ -105,3 +105,9 @@ def _spec(env):
     from .custom import CustomEnvSpec, custom_env_spec
 
     return env if isinstance(env, CustomEnvSpec) else custom_env_spec(env)
+
+
+def _is_custom(env) -> bool:
+    from .custom import CustomEnvSpec
+
+    return isinstance(env, (dict, CustomEnvSpec))

@@ -157,7 +157,7 @@ def _gymnasium_level(env):
     from torchrl.envs import EnvBase
 
     if isinstance(env, EnvBase):
-        return torchrl_wrapped_env(env)  # None for a TorchRL env of your own (envs/custom.py): no state API
+        return torchrl_wrapped_env(env)  # None for a TorchRL env that wraps no library env (envs/custom.py)
     return env
 
 

@@ -37,7 +37,7 @@ from mrq_lightning import third_party
 from mrq_lightning.agent import Warmup
 from mrq_lightning.data import MRQReplayBuffer
 from mrq_lightning.envs import EnvInfo, make_env, parse_env_name
-from mrq_lightning.envs.custom import custom_env_spec
+from mrq_lightning.envs.custom import CustomEnvSpec, custom_env_spec
 from mrq_lightning.envs.state import get_env_state, set_env_state
 from mrq_lightning.errors import CheckpointError, ConfigurationError
 from mrq_lightning.evaluation import evaluate_policy
@@ -142,8 +142,8 @@ class MRQDataModule(LightningDataModule):
                     f"data.buffer_device={buffer_device!r} is not a device: use auto (default), cpu or cuda"
                 ) from err
         # Fail at config time, before any simulator starts: a name with the valid forms, or the class_path form.
-        if isinstance(env, dict):
-            self.env_spec = custom_env_spec(env)
+        if isinstance(env, (dict, CustomEnvSpec)):
+            self.env_spec = env if isinstance(env, CustomEnvSpec) else custom_env_spec(env)
             self.env_name = self.env_spec.name
         else:
             parse_env_name(env)
@@ -221,7 +221,7 @@ class MRQDataModule(LightningDataModule):
             # The extra greedy metric (algorithm §16 Q10) gets its own eval env, seeded alike: the official rule's
             # episodes then see the same env random streams (sticky actions, ε) as in the official code.
             self.greedy_eval_env, _ = make_env(
-                self.env_name, self.seed + 100, evaluation=True, official_quirks=self.official_quirks
+                self.env_spec, self.seed + 100, evaluation=True, official_quirks=self.official_quirks
             )
         self.buffer = MRQReplayBuffer(
             capacity=self.buffer_capacity,

@@ -12,11 +12,14 @@ evaluation env and written as ``DIR/<env>_step<k>_episode<i>_<view>.mp4``; their
 
 from __future__ import annotations
 
+import contextlib
+import random
 import re
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
@@ -25,7 +28,7 @@ from torchrl.envs.utils import ExplorationType
 
 from mrq_lightning.errors import ConfigurationError
 from mrq_lightning.third_party import open_tensorboard_file_writer
-from mrq_lightning.video import Mp4Writer, gif_bytes, record_episodes, render_source, write_mp4
+from mrq_lightning.video import Mp4Writer, NothingToRender, gif_bytes, record_episodes, render_source, write_mp4
 
 __all__ = ["EvaluationVideos"]
 
@@ -78,10 +81,7 @@ class EvaluationVideos(Callback):
         for name, clip in frames.items():
             log_video(trainer.loggers, f"eval/video/{name}", clip, fps, step)
             if self.save_dir is not None:
-                writer = Mp4Writer(self._file(datamodule, step, None, name), fps)
-                for frame in clip:
-                    writer.append(frame)
-                writer.close()
+                write_mp4(self._file(datamodule, step, None, name), clip, fps)
         seconds = time.perf_counter() - t0
         self.seconds += seconds
         for logger in trainer.loggers:
@@ -120,33 +120,44 @@ class EvaluationVideos(Callback):
 
     # ------------------------------------------------------------------ shared
     def _record(self, pl_module, datamodule, open_sink, episodes: int, max_steps: int | None):
-        """Play ``episodes`` on a fresh rendering copy of the evaluation env; ``None`` (warned once) when it has
-        nothing to show."""
+        """Play ``episodes`` on a fresh rendering copy of the evaluation env: ``(results, fps)``, or ``None`` when
+        the env shows nothing or rendering fails (warned once; training goes on without videos)."""
         if self._unsupported:
             return None
-        env = datamodule.make_video_env()
-        try:
-            source = render_source(env)
-            if source is None or not source.render_views():
+        off = "--video.every_n_evals 0" if pl_module.trainer.state.fn == "fit" else "no --video.save_dir"
+        was_training = pl_module.training
+        # Building, seeding and closing an env may draw from (or, by TorchRL's set_seed convention, reseed) the
+        # global random generators: all of them are put back, so training is the same with videos on or off.
+        with _random_state_kept(pl_module.device):
+            env = None
+            try:
+                env = datamodule.make_video_env()
+                source = render_source(env)
+                if source is None:
+                    raise NothingToRender(f"{type(env).__name__} has no render_views()")
+                self._fps = source.video_fps
+                pl_module.eval()
+                with torch.autocast(pl_module.device.type, enabled=False):  # fp32, as evaluation
+                    results = record_episodes(
+                        env, pl_module.acting_policy, open_sink, episodes,
+                        exploration=ExplorationType.DETERMINISTIC, max_steps=max_steps,
+                    )  # fmt: skip
+                return results, self._fps
+            except NothingToRender as err:
                 self._unsupported = True
                 rank_zero_warn(
-                    f"{datamodule.env_name} cannot render (no rgb_array render mode and vector observations): no "
-                    "videos. Fix: give the env a render_mode='rgb_array', or pass --video.every_n_evals 0."
+                    f"{datamodule.env_name} cannot render ({err}): no videos. Fix: give the env an rgb_array "
+                    f"render mode, or run with {off}."
                 )
-                return None
-            self._fps = source.video_fps
-            was_training = pl_module.training
-            pl_module.eval()
-            # As for evaluation: fp32, and the torch RNG forked inside record_episodes.
-            with torch.autocast(pl_module.device.type, enabled=False):
-                results = record_episodes(
-                    env, pl_module.acting_policy, open_sink, episodes,
-                    exploration=ExplorationType.DETERMINISTIC, max_steps=max_steps,
-                )  # fmt: skip
-            pl_module.train(was_training)
-            return results, self._fps
-        finally:
-            env.close()
+            except Exception as err:  # a GL backend missing, a render() that raises ...: never stop training
+                self._unsupported = True
+                rank_zero_warn(f"{datamodule.env_name}: video recording failed, no more videos in this run "
+                               f"({type(err).__name__}: {err}). Fix: MUJOCO_GL=egl or osmesa, or run with {off}.")  # fmt: skip
+            finally:
+                pl_module.train(was_training)
+                if env is not None:
+                    env.close()
+        return None
 
     def _file(self, datamodule, step: int, episode: int | None, view: str) -> Path:
         self.save_dir.mkdir(parents=True, exist_ok=True)
@@ -174,3 +185,15 @@ def log_video(loggers, tag: str, frames: list, fps: float, step: int) -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 path = write_mp4(Path(tmp) / f"{tag.replace('/', '_')}.mp4", frames, fps)
                 logger.log_video(tag, [str(path)], step=step)
+
+
+@contextlib.contextmanager
+def _random_state_kept(device: torch.device):
+    """The torch (CPU and the module's CUDA device), numpy and Python random states are as they were afterwards."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
