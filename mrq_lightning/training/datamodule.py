@@ -213,16 +213,12 @@ class MRQDataModule(LightningDataModule):
         self.env, self.env_info = make_env(
             self.env_spec, self.seed + 1000 * self.rank, official_quirks=self.official_quirks
         )
-        self.eval_env, _ = make_env(
-            self.env_spec, self.seed + 100, evaluation=True, official_quirks=self.official_quirks
-        )
+        self.eval_env = self._make_eval_env()
         info = self.env_info
         if info.discrete:
             # The extra greedy metric (algorithm §16 Q10) gets its own eval env, seeded alike: the official rule's
             # episodes then see the same env random streams (sticky actions, ε) as in the official code.
-            self.greedy_eval_env, _ = make_env(
-                self.env_spec, self.seed + 100, evaluation=True, official_quirks=self.official_quirks
-            )
+            self.greedy_eval_env = self._make_eval_env()
         self.buffer = MRQReplayBuffer(
             capacity=self.buffer_capacity,
             obs_shape=tuple(info.obs_shape),
@@ -285,12 +281,16 @@ class MRQDataModule(LightningDataModule):
         greedy = exploration == ExplorationType.MODE and self.greedy_eval_env is not None
         return evaluate_policy(self.greedy_eval_env if greedy else self.eval_env, policy, self.eval_episodes, exploration)
 
-    def make_video_env(self):
-        """A fresh copy of the evaluation env (seed + 100) that renders, for videos (training/videos.py)."""
+    def _make_eval_env(self, render: bool = False):
+        """A fresh evaluation env (seed + 100, algorithm §14)."""
         env, _ = make_env(
-            self.env_spec, self.seed + 100, evaluation=True, official_quirks=self.official_quirks, render=True
+            self.env_spec, self.seed + 100, evaluation=True, official_quirks=self.official_quirks, render=render
         )
         return env
+
+    def make_video_env(self):
+        """A fresh copy of the evaluation env that renders, for videos (training/videos.py)."""
+        return self._make_eval_env(render=True)
 
     # ------------------------------------------------------------------ checkpoint / resume
     def state_dict(self) -> dict[str, Any]:
