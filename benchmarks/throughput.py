@@ -13,6 +13,14 @@ framework overhead (everything else: Lightning's loop and optimizer wrappers, lo
 
 ``--baseline`` also runs the same updates in a hand-written PyTorch loop (raw gymnasium env, the same buffer and
 loss, ``torch.optim`` directly, no Lightning, no collector) in the same process, and prints the ratio.
+
+    python benchmarks/throughput.py --env Dmc-cheetah-run --eval [--sequential] [--baseline]
+
+times the evaluation path instead: ``MRQDataModule.evaluate`` with a fresh full-size MR.Q policy, ``--episodes``
+episodes (default 10) under the parallel protocol (``--sequential``: the official one-env protocol through
+TorchRL's ``rollout``), and prints ``eval steps/s <number>``. ``--baseline`` adds, in the same run, the sequential
+protocol and the official code's kind of loop (one gymnasium env, one batch-1 policy forward per step, episodes one
+after another), with the ratios.
 """
 
 from __future__ import annotations
@@ -39,6 +47,11 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--precision", default="32-true")
     p.add_argument("--baseline", action="store_true", help="also time a plain PyTorch loop with the same updates")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", action="store_true", help="--model.compile true (the first cycle compiles, untimed)")
+    p.add_argument("--collector", default="lean", choices=["lean", "torchrl"], help="data.collector")
+    p.add_argument("--eval", action="store_true", help="time the evaluation path instead of training")
+    p.add_argument("--sequential", action="store_true", help="--eval: the official sequential protocol")
+    p.add_argument("--episodes", type=int, default=10, help="--eval: episodes per evaluation")
     return p.parse_args()
 
 
@@ -59,26 +72,28 @@ def run_lightning(args, timed_steps: int) -> dict:
     from mrq_lightning.training import MRQ, MRQDataModule
 
     window = _Window(args.warmup, timed_steps)
+    first = args.warmup + (250 if args.compile else 0)  # compiled: one untimed cycle compiles every loss
 
     class Timer(pl.Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
             # batch = env-step index; the step with index == warmup is the first with an RL update.
-            if batch == args.warmup:
+            if batch == first:
                 window.start = window.snapshot(module, trainer.datamodule)
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            if batch == args.warmup + timed_steps - 1:
+            if batch == first + timed_steps - 1:
                 window.end = window.snapshot(module, trainer.datamodule)
 
-    model = MRQ(log_every_n_env_steps=10**9)
+    model = MRQ(log_every_n_env_steps=10**9, compile=args.compile)
     data = MRQDataModule(
         env=args.env,
         seed=args.seed,
-        total_steps=args.warmup + timed_steps,
+        total_steps=first + timed_steps,
         random_steps=args.warmup,
         eval_episodes=0,
         eval_every=10**9,
         buffer_capacity=max(100_000, 2 * (args.warmup + timed_steps)),
+        collector=args.collector,
     )
     trainer = pl.Trainer(
         accelerator=args.device,
@@ -195,6 +210,84 @@ def run_plain(args, timed_steps: int) -> dict:
     return {"wall": wall, "steps": timed_steps, **t}
 
 
+class _CountingPolicy:
+    """Counts the env steps a policy acts for (rows of its observation batch), whatever the protocol."""
+
+    def __init__(self, policy) -> None:
+        self.policy, self.steps = policy, 0
+
+    def parameters(self):
+        return self.policy.parameters()
+
+    def __call__(self, td):
+        self.steps += td.batch_size.numel()
+        return self.policy(td)
+
+
+def _fresh_policy(env_info):
+    from mrq_lightning.training import MRQ
+
+    model = MRQ()
+    model.configure_networks(env_info)
+    return model.eval().acting_policy
+
+
+def run_eval(args) -> float:
+    """Env steps/s of ``MRQDataModule.evaluate`` (the trainer's evaluation) with a fresh MR.Q policy."""
+    from mrq_lightning.training import MRQDataModule
+
+    protocol = "sequential" if args.sequential else "parallel"
+    data = MRQDataModule(env=args.env, seed=args.seed, eval_episodes=args.episodes, eval_protocol=protocol,
+                         buffer_capacity=1000, random_steps=0)  # fmt: skip
+    data.setup("fit")
+    policy = _CountingPolicy(_fresh_policy(data.env_info))
+    start = time.perf_counter()
+    returns = data.evaluate(policy)
+    wall = time.perf_counter() - start
+    print(f"[{protocol} evaluation] {len(returns)} episodes, {policy.steps} env steps in {wall:.2f} s")
+    return policy.steps / wall
+
+
+def run_eval_plain(args) -> float:
+    """The official code's kind of evaluation loop: one gymnasium env, one batch-1 forward per step."""
+    from tensordict import TensorDict
+    from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+    from mrq_lightning.envs import make_gymnasium_env
+
+    env, info = make_gymnasium_env(args.env, args.seed + 100, evaluation=True)
+    policy = _fresh_policy(info)
+    steps, start = 0, time.perf_counter()
+    with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
+        for _ in range(args.episodes):
+            obs, done = env.reset()[0], False
+            while not done:
+                action = policy(TensorDict(observation=torch.as_tensor(obs)))["action"]
+                action = action.argmax().numpy() if info.discrete else action.numpy()
+                obs, _, terminated, truncated, _ = env.step(action)
+                done, steps = terminated or truncated, steps + 1
+    wall = time.perf_counter() - start
+    print(f"[plain loop evaluation] {args.episodes} episodes, {steps} env steps in {wall:.2f} s")
+    return steps / wall
+
+
+def bare_step_ms(args, steps: int = 2000) -> float:
+    """The simulator's own step (the gymnasium-level preset, random actions): what collection cannot go below."""
+    import numpy as np
+
+    from mrq_lightning.envs import make_gymnasium_env
+
+    env, _ = make_gymnasium_env(args.env, args.seed)
+    env.reset()
+    actions = [env.action_space.sample() for _ in range(steps)]
+    start = time.perf_counter()
+    for action in actions:
+        _, _, terminated, truncated, _ = env.step(np.asarray(action))
+        if terminated or truncated:
+            env.reset()
+    return 1000 * (time.perf_counter() - start) / steps
+
+
 def _report(name: str, r: dict) -> float:
     wall, steps = r["wall"], r["steps"]
     rate = steps / wall
@@ -229,9 +322,21 @@ def whole_cycles(steps: int) -> int:
 def main() -> None:
     args = _parse()
     prepare(args.threads)
+    if args.eval:
+        rate = run_eval(args)
+        if args.baseline:
+            if not args.sequential:
+                sequential = run_eval(argparse.Namespace(**{**vars(args), "sequential": True}))
+                print(f"sequential eval steps/s {sequential:.0f}; ratio parallel/sequential {rate / sequential:.2f}")
+            base = run_eval_plain(args)
+            print(f"plain loop eval steps/s {base:.0f}; ratio ours/plain {rate / base:.2f}")
+        print(f"eval steps/s {rate:.0f}")
+        return
     timed = whole_cycles(args.steps)
     result = run_lightning(args, timed)
-    rate = _report("lightning", result)
+    rate = _report(f"lightning, {args.collector} collector", result)
+    bare = bare_step_ms(args)
+    print(f"  bare simulator step {bare:.2f} ms/step; env + collector - bare = {1000 * result['collect'] / timed - bare:.2f} ms/step")
     if args.baseline:
         base = _report("plain loop", run_plain(args, timed))
         print(f"ratio lightning/plain {rate / base:.3f}")

@@ -6,7 +6,7 @@ Measures, with MR.Q's full-size networks:
 
 * one video as the ``fit`` callback makes it: a fresh rendering copy of the evaluation env, one episode (at most
   ``--max_steps`` env steps) with every view rendered, GIF encoding, written to a TensorBoard event file;
-* one evaluation (``eval_episodes`` episodes of the preset, ``evaluate_policy``);
+* one evaluation (``eval_episodes`` episodes of the preset, played side by side as the trainer does by default);
 * training env steps per second after the random phase (the Lightning path of ``benchmarks/throughput.py``).
 
 and prints the share of a whole default run that videos take at the default cadence (a video after every 10th
@@ -75,7 +75,7 @@ def main() -> None:
     prepare(args.threads)
 
     from mrq_lightning.envs import make_env
-    from mrq_lightning.evaluation import evaluate_policy
+    from mrq_lightning.evaluation import episode_seeds, evaluate_in_parallel
     from mrq_lightning.training import MRQ
 
     total, random_steps, eval_every, eval_episodes = PRESETS[args.env.split("-")[0]]
@@ -85,13 +85,14 @@ def main() -> None:
     policy = model.acting_policy
 
     video_s, video_steps = time_video(args.env, policy, args.max_steps)
-    eval_env, _ = make_env(args.env, 100, evaluation=True)
+    eval_envs = [make_env(args.env, seed, evaluation=True)[0] for seed in episode_seeds(100, eval_episodes)]
     t0 = time.perf_counter()
-    evaluate_policy(eval_env, policy, episodes=eval_episodes)
+    evaluate_in_parallel(eval_envs, policy)  # the default (parallel) evaluation protocol
     eval_s = time.perf_counter() - t0
 
     timed = whole_cycles(args.train_steps)
-    train = run_lightning(argparse.Namespace(env=args.env, seed=0, warmup=1000, device="cpu", precision="32-true"), timed)
+    train = run_lightning(argparse.Namespace(env=args.env, seed=0, warmup=1000, device="cpu", precision="32-true",
+                                             compile=False, collector="lean"), timed)
     train_rate = train["steps"] / train["wall"]
 
     evaluations = total // eval_every + 1  # at 0, every eval_every, and the last at `total`

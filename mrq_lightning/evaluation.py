@@ -1,12 +1,36 @@
-"""Policy evaluation on a TorchRL environment (algorithm §14). Framework-free: no Lightning import."""
+"""Policy evaluation (algorithm §14). Framework-free: no Lightning import.
+
+Two protocols, same acting rule:
+
+* **parallel** (:func:`evaluate_in_parallel`, the default of the trainer): one env per episode, the episodes side
+  by side, one policy forward per env step for all episodes still running. The envs are built with
+  :func:`episode_seeds` (episode 0 with the evaluation seed itself). The loop steps the gymnasium-level presets
+  inside TorchRL's ``GymWrapper`` directly, with the conversions ``GymWrapper`` applies (float32 tensors in, one-hot
+  actions as indices out): about 3-10x the env steps/s of TorchRL's ``rollout`` (docs/benchmarks.md).
+* **sequential** (:func:`evaluate_policy`): the official code's protocol, one env playing the episodes one after
+  another through TorchRL's ``rollout``. The paper comparisons use it.
+
+With a batch-invariant policy both give the same return for the same seeded episode (tests/test_evaluation.py);
+with MR.Q's networks a batched matrix product may round differently from a single-row one, so episodes can drift
+apart after many steps (docs/benchmarks.md, "Evaluation").
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
+import numpy as np
 import torch
-from torchrl.envs import EnvBase
+from gymnasium import spaces
+from tensordict import TensorDict
+from torchrl.envs import EnvBase, GymWrapper
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-__all__ = ["evaluate_policy", "policy_device", "policy_rng_fork"]
+from mrq_lightning.third_party import torchrl_wrapped_env
+
+__all__ = ["episode_seeds", "evaluate_in_parallel", "evaluate_policy", "policy_device", "policy_rng_fork"]
+
+FrameSink = Callable[[dict[str, np.ndarray]], None]
 
 
 @torch.no_grad()
@@ -17,7 +41,7 @@ def evaluate_policy(
     exploration: ExplorationType = ExplorationType.DETERMINISTIC,
     max_steps: int = 1_000_000,
 ) -> list[float]:
-    """Run ``episodes`` full episodes and return their undiscounted returns.
+    """Run ``episodes`` full episodes one after another on ``env`` and return their undiscounted returns.
 
     ``exploration`` selects the acting rule of :class:`~mrq_lightning.modules.builders.MRQActor`:
     ``DETERMINISTIC`` is MR.Q's evaluation rule (stochastic Gumbel sample for discrete actions, algorithm §16 Q10),
@@ -31,6 +55,70 @@ def evaluate_policy(
         for _ in range(episodes):
             rollout = env.rollout(max_steps, policy, break_when_any_done=True, auto_cast_to_device=True)
             returns.append(float(rollout.get(("next", "reward")).sum()))
+    return returns
+
+
+def episode_seeds(eval_seed: int, episodes: int) -> list[int]:
+    """Seeds of the parallel protocol's envs: episode 0 uses ``eval_seed`` itself (so it is the sequential
+    protocol's first episode), episode ``i > 0`` an independent seed derived from ``(eval_seed, i)`` with numpy's
+    ``SeedSequence`` (no overlap with the training seeds ``seed + 1000 * rank`` or another run's evaluation)."""
+    derived = (int(np.random.SeedSequence([eval_seed, i]).generate_state(1)[0]) % 2**31 for i in range(1, episodes))
+    return [eval_seed, *derived][:episodes]
+
+
+@torch.no_grad()
+def evaluate_in_parallel(
+    envs: Sequence[EnvBase],
+    policy,
+    exploration: ExplorationType = ExplorationType.DETERMINISTIC,
+    max_steps: int = 1_000_000,
+    sinks: Sequence[FrameSink] | None = None,
+) -> list[float]:
+    """One episode on each env of ``envs``, side by side; returns the undiscounted return of each.
+
+    ``envs`` are MR.Q presets (``make_env``: TorchRL ``GymWrapper``s of gymnasium-level envs); every step the
+    running episodes' observations are stacked, the policy acts on all of them at once, and each env steps. Returns
+    are float32 sums, as :func:`evaluate_policy` computes them. A TorchRL env that wraps no gymnasium env (your own
+    ``EnvBase``) plays its episode through :func:`evaluate_policy` instead. ``sinks[i]``, when given, receives env
+    ``i``'s ``render_views()`` after the reset and after every step (evaluation videos, mrq_lightning/video.py).
+    The torch RNG is forked as in :func:`evaluate_policy`.
+    """
+    device = policy_device(policy)
+    # Stepped directly: the presets (make_env: a GymWrapper around one of our gymnasium-level suite envs, which all
+    # describe themselves with env_info). Anything else (transformed envs, your own EnvBase) goes through rollout.
+    inner = [torchrl_wrapped_env(env) if isinstance(env, GymWrapper) else None for env in envs]
+    lean = [i for i, base in enumerate(inner) if callable(getattr(base, "env_info", None))]
+    returns: list[float] = [0.0] * len(envs)
+    rewards: dict[int, list[float]] = {i: [] for i in lean}
+    with policy_rng_fork(policy), set_exploration_type(exploration):
+        observations = {i: inner[i].reset()[0] for i in lean}
+        if sinks is not None:
+            for i in lean:
+                sinks[i](inner[i].render_views())
+        running = list(lean)
+        for _ in range(max_steps):
+            if not running:
+                break
+            batch = torch.from_numpy(np.stack([observations[i] for i in running])).to(device)
+            actions = policy(TensorDict({"observation": batch}, batch_size=[len(running)], device=device))["action"]
+            actions = actions.to("cpu")
+            still_running = []
+            for row, i in enumerate(running):
+                env = inner[i]
+                # GymWrapper's action conversion: a one-hot action becomes its index, a Box action a float32 array.
+                action = actions[row].argmax().numpy() if isinstance(env.action_space, spaces.Discrete) else actions[row].numpy()
+                observations[i], reward, terminated, truncated, _ = env.step(action)
+                rewards[i].append(reward)
+                if sinks is not None:
+                    sinks[i](env.render_views())
+                if not (terminated or truncated):
+                    still_running.append(i)
+            running = still_running
+    for i in lean:
+        # GymWrapper stores each reward as float32 [1]; rollout's return is their float32 sum: the same here.
+        returns[i] = float(torch.tensor(rewards[i], dtype=torch.float32).reshape(-1, 1).sum())
+    for i in sorted(set(range(len(envs))) - set(lean)):
+        returns[i] = evaluate_policy(envs[i], policy, 1, exploration, max_steps)[0]
     return returns
 
 

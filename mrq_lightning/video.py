@@ -20,10 +20,10 @@ import torch
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
 
-from mrq_lightning.evaluation import policy_device, policy_rng_fork
+from mrq_lightning.evaluation import evaluate_in_parallel, policy_device, policy_rng_fork
 from mrq_lightning.third_party import torchrl_wrapped_env
 
-__all__ = ["FrameSink", "NothingToRender", "gif_bytes", "record_episodes", "render_source", "write_mp4"]
+__all__ = ["FrameSink", "NothingToRender", "gif_bytes", "record_episodes", "record_in_parallel", "render_source", "write_mp4"]
 
 FrameSink = Callable[[dict[str, np.ndarray]], None]
 GIF_MAX_WIDTH = 160  # pixels: TensorBoard GIFs of larger views are scaled down (size of the event file)
@@ -80,6 +80,37 @@ def record_episodes(
                 td = step_mdp(td)
             results.append((total, steps, done))
     return results
+
+
+def record_in_parallel(
+    envs: Sequence[EnvBase],
+    policy,
+    open_sink: Callable[[int], FrameSink],
+    *,
+    exploration: ExplorationType = ExplorationType.DETERMINISTIC,
+    max_steps: int | None = None,
+) -> list[tuple[float, int, bool]]:
+    """One episode per env, played side by side as :func:`~mrq_lightning.evaluation.evaluate_in_parallel` plays
+    them (so on fresh rendering copies of the parallel protocol's eval envs, the returns are the evaluation's);
+    env ``k``'s views go to ``open_sink(k)``. Returns ``(return, steps, finished)`` per episode."""
+    counts = [0] * len(envs)
+
+    def counting(k: int) -> FrameSink:
+        sink = open_sink(k)
+
+        def take(views):
+            if counts[k] == 0 and not views:
+                raise NothingToRender(f"{type(render_source(envs[k])).__name__} has no rgb_array render mode and no image observations")
+            counts[k] += 1
+            sink(views)
+
+        return take
+
+    if any(render_source(env) is None for env in envs):
+        raise ValueError("every env must have render_views(): build them with make_env")
+    limit = max_steps if max_steps is not None else 1_000_000
+    returns = evaluate_in_parallel(envs, policy, exploration, limit, sinks=[counting(k) for k in range(len(envs))])
+    return [(ret, n - 1, max_steps is None or n - 1 < limit) for ret, n in zip(returns, counts)]
 
 
 def gif_bytes(frames: Sequence[np.ndarray], fps: float, max_width: int = GIF_MAX_WIDTH) -> bytes:

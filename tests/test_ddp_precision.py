@@ -88,7 +88,7 @@ def test_ddp_resume_is_exact_on_every_rank(ddp_run, tmp_path):
         assert_same(straight[0]["optimizer_states"], again[0]["optimizer_states"], "optimizer_states")
         assert_same(straight[2], again[2], f"rank {rank} replay buffer")
         # The first invocation evaluated at its budget end (150) too: only rank 0's eval env differs.
-        skip = {"eval_env_state"}
+        skip = {"eval_env_states"}
         assert_same({k: v for k, v in straight[1].items() if k not in skip},
                     {k: v for k, v in again[1].items() if k not in skip}, f"rank {rank} state")  # fmt: skip
 

@@ -83,7 +83,7 @@ def _assert_same_at_800(straight_cwd: Path, resumed_cwd: Path) -> tuple[dict, di
     _assert_equal(straight[0]["state_dict"], again[0]["state_dict"], "state_dict")
     _assert_equal(straight[0]["optimizer_states"], again[0]["optimizer_states"], "optimizer_states")
     _assert_equal(straight[2], again[2], "replay buffer")
-    skip = {"eval_env_state"}
+    skip = {"eval_env_states"}
     _assert_equal({k: v for k, v in straight[1].items() if k not in skip},
                   {k: v for k, v in again[1].items() if k not in skip}, "rank state")  # fmt: skip
     return straight

@@ -54,4 +54,4 @@ def test_resumed_run_is_bit_identical(case, tmp_path):
     assert_same(a_rank, b_rank, "rank state")  # env + eval envs, collector observation, RNGs, episode counters
     assert a_rank["env_state"] is not None  # restorable mid-episode, not a fresh episode
     if case == "cartpole-discrete":
-        assert a_rank["greedy_eval_env_state"] is not None  # the extra greedy evaluation env was compared too
+        assert a_rank["greedy_eval_env_states"][0] is not None  # the extra greedy evaluation envs were compared too

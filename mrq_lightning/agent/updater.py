@@ -8,7 +8,10 @@ The updater owns what turns :class:`~mrq_lightning.objectives.mrq_loss.MRQLoss` 
   target sync with a reward-scale refresh, then ``target_update_period`` encoder updates on fresh batches of
   horizon ``encoder_horizon``; then one value update (gradient norm clipped to ``value_grad_clip`` over both
   critics, nothing else clipped), one policy update on the same batch, and the LAP priority write-back;
-* its state (optimizers, RL-update counter, reward scales) through :meth:`state_dict` / :meth:`load_state_dict`.
+* its state (optimizers, RL-update counter, reward scales) through :meth:`state_dict` / :meth:`load_state_dict`;
+* optionally (``compile=True``) the three losses, forward and backward, compiled by ``torch.compile`` (TorchInductor);
+  the optimizer steps stay the fused AdamW kernels, and the random numbers are torch's, as in the eager update. Where compiling fails (no C++ compiler, an unsupported
+  platform) the update says so in one line and runs eagerly.
 
 It imports no training framework. A framework plugs in through two hooks: ``backward`` (Lightning passes
 ``manual_backward``, which applies DDP gradient averaging and precision handling) and ``reduce_mean`` (DDP: every
@@ -26,6 +29,7 @@ Example (a plain TorchRL loop; see ``examples/train_mrq_torchrl.py``)::
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +42,8 @@ from mrq_lightning.hyperparameters import UPDATE, UpdateHParams, replay_settings
 from mrq_lightning.objectives.mrq_loss import MRQLoss
 
 __all__ = ["MRQUpdater", "metric_tag"]
+
+log = logging.getLogger(__name__)
 
 _STATE_FORMAT = "mrq_lightning.updater/1"
 
@@ -74,6 +80,9 @@ class MRQUpdater:
         encoder_lr, value_lr, policy_lr, weight_decay: AdamW settings (algorithm §2.1).
         value_grad_clip: maximum gradient norm over both critics' parameters.
         fused: use the fused AdamW kernel; ``None`` = where the parameters' device has one.
+        compile: compile the encoder, value and policy losses (forward and backward) with ``torch.compile``. The
+            first calls compile (about a minute per loss on a 2-core CPU); the results equal the eager update's up
+            to floating-point reassociation (tests/test_compile.py).
         backward: ``backward(loss)``; default ``loss.backward()``.
         reduce_mean: maps this process's reward scale to the value all processes use; default: itself.
     """
@@ -94,6 +103,7 @@ class MRQUpdater:
         fused: bool | None = None,
         backward: Callable[[torch.Tensor], Any] | None = None,
         reduce_mean: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        compile: bool = False,
     ) -> None:
         self.hparams = UpdateHParams(
             batch_size=batch_size, target_update_period=target_update_period, encoder_horizon=encoder_horizon,
@@ -112,6 +122,13 @@ class MRQUpdater:
         # Seconds spent per part, cumulative (read by benchmarks/throughput.py; costs two clock reads per part).
         self.timers = {"sample": 0.0, "encoder": 0.0, "rl": 0.0}
         self._checked_buffer: int | None = None
+        self.compiled = compile
+        self._losses = {"encoder": loss.encoder_loss, "value": loss.value_loss, "policy": loss.actor_loss}
+        if compile:
+            # fallback_random: the target-policy noise comes from torch's generator as in the eager update (Inductor
+            # would otherwise draw its own), so compiled and eager runs of one seed see the same random numbers.
+            options = {"fallback_random": True}
+            self._losses = {name: torch.compile(fn, options=options) for name, fn in self._losses.items()}
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -159,9 +176,9 @@ class MRQUpdater:
         t0 = time.perf_counter()
         batch = self._sample(buffer, hp.value_horizon, include_intermediate=False)
         t1 = time.perf_counter()
-        value_loss, value_metrics = loss.value_loss(batch)
+        value_loss, value_metrics = self._loss("value", batch)
         self._optimizer_step(self.value_optimizer, value_loss, clip=hp.value_grad_clip)  # the critics only
-        policy_loss, policy_metrics = loss.actor_loss(batch)
+        policy_loss, policy_metrics = self._loss("policy", batch)
         self._optimizer_step(self.policy_optimizer, policy_loss)
         buffer.update_priority(batch.get("index"), batch.get(loss.tensor_keys.priority))
         self.rl_updates += 1
@@ -185,11 +202,24 @@ class MRQUpdater:
             s0 = time.perf_counter()
             batch = self._sample(buffer, hp.encoder_horizon, include_intermediate=True)
             sample_time += time.perf_counter() - s0
-            encoder_loss, metrics = loss.encoder_loss(batch, env_terminates=buffer.env_terminates)
+            encoder_loss, metrics = self._loss("encoder", batch, env_terminates=buffer.env_terminates)
             self._optimizer_step(self.encoder_optimizer, encoder_loss)
         self.timers["sample"] += sample_time
         self.timers["encoder"] += time.perf_counter() - t0 - sample_time
         return dict(metrics.items())
+
+    def _loss(self, name: str, *args, **kwargs):
+        """The named loss, compiled when asked for; a compilation failure switches to the eager losses for good."""
+        try:
+            return self._losses[name](*args, **kwargs)
+        except Exception as err:
+            if not self.compiled:
+                raise
+            self.compiled = False
+            self._losses = {"encoder": self.loss.encoder_loss, "value": self.loss.value_loss, "policy": self.loss.actor_loss}
+            log.warning("compile=True: torch.compile failed (%s: %s); the update runs eagerly",
+                        type(err).__name__, str(err).strip().splitlines()[0] if str(err).strip() else "")  # fmt: skip
+            return self._losses[name](*args, **kwargs)
 
     def _sample(self, buffer, horizon: int, include_intermediate: bool) -> TensorDictBase:
         batch = buffer.sample(self.hparams.batch_size, horizon=horizon, include_intermediate=include_intermediate)

@@ -15,6 +15,7 @@ from mrq_lightning.experiments.paper import BENCHMARKS, benchmark_envs, benchmar
 
 SWEEP_USAGE = """python -m mrq_lightning sweep --config configs/dmc.yaml [--config OVERLAY.yaml] --envs ENVS --seeds SEEDS
        --root DIR [sweep options] [fit options, e.g. --data.total_steps 100000]"""
+SWEEP_PROTOCOL = ["--data.eval_protocol", "sequential"]
 # The sweep sets these per run; a fit option of the same name would be silently overridden.
 RESERVED_FIT_OPTIONS = ("--data.env", "--data.init_args.env", "--seed_everything", "--trainer.default_root_dir",
                         "--ckpt_path")  # fmt: skip
@@ -117,7 +118,8 @@ def sweep_main(argv: list[str]) -> int:
     missing = [str(c) for c in configs if not c.is_file()]
     if missing:
         raise MRQUserError(f"--config {missing[0]}: no such file")
-    fit_args = [a for c in configs for a in ("--config", str(c.resolve()))] + fit_overrides
+    # Runs compared with the paper evaluate as the official code does (algorithm §14); fit options may override it.
+    fit_args = [a for c in configs for a in ("--config", str(c.resolve()))] + SWEEP_PROTOCOL + fit_overrides
     for env in envs:
         check_env(env)
     _warn_about_presets(configs, envs)

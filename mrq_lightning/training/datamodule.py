@@ -29,18 +29,18 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDictBase
 from torch.utils.data import DataLoader, IterableDataset
-from torchrl.collectors import Collector
+from torchrl.collectors import BaseCollector
 
-from mrq_lightning import third_party
 from mrq_lightning.agent import Warmup
+from mrq_lightning.collector import COLLECTOR_KINDS, carried_observation, make_collector, restore_carried_observation
 from mrq_lightning.data import MRQReplayBuffer
 from mrq_lightning.envs import EnvInfo, make_env, parse_env_name
 from mrq_lightning.envs.custom import CustomEnvSpec, custom_env_spec
 from mrq_lightning.envs.state import get_env_state, set_env_state
 from mrq_lightning.errors import CheckpointError, ConfigurationError
-from mrq_lightning.evaluation import evaluate_policy
+from mrq_lightning.evaluation import episode_seeds, evaluate_in_parallel, evaluate_policy
 from mrq_lightning.hyperparameters import REPLAY, ReplayHParams, replay_settings
 from mrq_lightning.training.resume import capture_rng, check_data_section, read_rank_state, restore_rng, write_rank_state
 
@@ -83,6 +83,7 @@ class EnvStepStream(IterableDataset):
 
 # Data settings that must match to resume a checkpoint (the budget and evaluation settings may change).
 RESUME_KEYS = ("env", "seed", "random_steps", "buffer_capacity", "pixel_augmentation", "official_quirks")
+EVAL_PROTOCOLS = ("parallel", "sequential")
 
 
 class MRQDataModule(LightningDataModule):
@@ -99,10 +100,16 @@ class MRQDataModule(LightningDataModule):
             (replay slots instead of env steps under ``official_quirks``, algorithm §16 Q9).
         eval_every: evaluate every this many env steps (and at step 0 and at the end).
         eval_episodes: episodes per evaluation.
+        eval_protocol: ``"parallel"``: the episodes side by side, one env each (seeds from
+            :func:`~mrq_lightning.evaluation.episode_seeds`), one policy forward per step for all of them;
+            ``"sequential"``: the official protocol, one env (seed + 100) playing them one after another.
         buffer_capacity: replay slots (one per transition plus one per episode end).
         buffer_device: ``"auto"`` (the training device when it is a GPU, else CPU), ``"cpu"`` or ``"cuda"``.
         pixel_augmentation: DrQ random shift on sampled pixel states (algorithm §12).
         official_quirks: reproduce the official code's quirks Q1, Q2, Q4, Q5, Q9 here (linked to the model's switch).
+        collector: ``"lean"``: :class:`~mrq_lightning.collector.StepCollector` for the presets (TorchRL's
+            ``Collector`` for your own TorchRL envs); ``"torchrl"``: always TorchRL's ``Collector``. Both give the
+            same transitions and random numbers; the lean one costs a fraction per env step.
     """
 
     def __init__(
@@ -113,6 +120,8 @@ class MRQDataModule(LightningDataModule):
         random_steps: int = REPLAY.random_steps,
         eval_every: int = 5_000,
         eval_episodes: int = 10,
+        eval_protocol: str = "parallel",
+        collector: str = "lean",
         buffer_capacity: int = REPLAY.capacity,
         buffer_device: str = "auto",
         pixel_augmentation: bool = REPLAY.pixel_augmentation,
@@ -132,6 +141,13 @@ class MRQDataModule(LightningDataModule):
                 f"with data.official_quirks the random phase lasts until the replay buffer holds more than "
                 f"data.random_steps={random_steps} slots, which data.buffer_capacity={buffer_capacity} never reaches. "
                 "Fix: raise data.buffer_capacity or lower data.random_steps."
+            )
+        if collector not in COLLECTOR_KINDS:
+            raise ConfigurationError(f"data.collector={collector!r} is not a collector: use lean (default) or torchrl")
+        if eval_protocol not in EVAL_PROTOCOLS:
+            raise ConfigurationError(
+                f"data.eval_protocol={eval_protocol!r} is not a protocol: use parallel (default: episodes side by side) "
+                "or sequential (the official code's: one env, episodes one after another)"
             )
         ReplayHParams(capacity=buffer_capacity, random_steps=random_steps, pixel_augmentation=pixel_augmentation)
         if buffer_device != "auto":
@@ -153,6 +169,8 @@ class MRQDataModule(LightningDataModule):
         self.random_steps = random_steps
         self.eval_every = eval_every
         self.eval_episodes = eval_episodes
+        self.eval_protocol = eval_protocol
+        self.collector_kind = collector
         self.buffer_capacity = buffer_capacity
         self.buffer_device = buffer_device
         self.pixel_augmentation = pixel_augmentation
@@ -160,11 +178,11 @@ class MRQDataModule(LightningDataModule):
         self.warmup = Warmup(random_steps, official_quirks)
 
         self.env = None
-        self.eval_env = None
-        self.greedy_eval_env = None
+        self.eval_envs: list = []  # parallel: one env per episode; sequential: one env
+        self.greedy_eval_envs: list = []  # the same for the greedy metric of discrete actions (algorithm §16 Q10)
         self.env_info: EnvInfo | None = None
         self.buffer: MRQReplayBuffer | None = None
-        self.collector: Collector | None = None
+        self.collector: BaseCollector | None = None
         self._collector_iter = None
         # Episode bookkeeping for logging.
         self.env_steps = 0
@@ -213,12 +231,12 @@ class MRQDataModule(LightningDataModule):
         self.env, self.env_info = make_env(
             self.env_spec, self.seed + 1000 * self.rank, official_quirks=self.official_quirks
         )
-        self.eval_env = self._make_eval_env()
+        self.eval_envs = self._make_eval_envs()
         info = self.env_info
         if info.discrete:
-            # The extra greedy metric (algorithm §16 Q10) gets its own eval env, seeded alike: the official rule's
+            # The extra greedy metric (algorithm §16 Q10) gets its own eval envs, seeded alike: the official rule's
             # episodes then see the same env random streams (sticky actions, ε) as in the official code.
-            self.greedy_eval_env = self._make_eval_env()
+            self.greedy_eval_envs = self._make_eval_envs()
         self.buffer = MRQReplayBuffer(
             capacity=self.buffer_capacity,
             obs_shape=tuple(info.obs_shape),
@@ -234,20 +252,12 @@ class MRQDataModule(LightningDataModule):
 
     # ------------------------------------------------------------------ collection
     def build_collector(self, policy) -> None:
-        """Create the single-env, one-frame-per-batch collector that drives training."""
+        """Create the single-env, one-transition-per-step collector that drives training (collector.py)."""
         if self.collector is not None:
             self.collector.shutdown()
         device = next(policy.parameters()).device
-        self.collector = Collector(
-            self.env,
-            policy,
-            frames_per_batch=1,
-            total_frames=-1,
-            policy_device=device,
-            env_device="cpu",
-            storing_device=self.buffer.device,
-            track_traj_ids=False,
-            auto_register_policy_transforms=False,
+        self.collector = make_collector(
+            self.env, policy, policy_device=device, storing_device=self.buffer.device, kind=self.collector_kind
         )
         self._collector_iter = iter(self.collector)
 
@@ -274,23 +284,40 @@ class MRQDataModule(LightningDataModule):
         self.collect_time += time.perf_counter() - t0
 
     def evaluate(self, policy, exploration=None) -> list[float]:
-        """Run ``eval_episodes`` episodes on the separate eval env (seed + 100); greedy ones on their own copy."""
+        """Run ``eval_episodes`` episodes on the eval envs (algorithm §14) by ``eval_protocol``; greedy ones on
+        their own copies."""
         from torchrl.envs.utils import ExplorationType
 
         exploration = exploration or ExplorationType.DETERMINISTIC
-        greedy = exploration == ExplorationType.MODE and self.greedy_eval_env is not None
-        return evaluate_policy(self.greedy_eval_env if greedy else self.eval_env, policy, self.eval_episodes, exploration)
+        greedy = exploration == ExplorationType.MODE and self.greedy_eval_envs
+        envs = self.greedy_eval_envs if greedy else self.eval_envs
+        if self.eval_protocol == "parallel":
+            return evaluate_in_parallel(envs, policy, exploration)
+        return evaluate_policy(envs[0], policy, self.eval_episodes, exploration)
 
-    def _make_eval_env(self, render: bool = False):
-        """A fresh evaluation env (seed + 100, algorithm §14)."""
-        env, _ = make_env(
-            self.env_spec, self.seed + 100, evaluation=True, official_quirks=self.official_quirks, render=render
-        )
+    @property
+    def eval_seeds(self) -> list[int]:
+        """The seed of each eval env: ``seed + 100`` (algorithm §14), per episode under the parallel protocol."""
+        if self.eval_protocol == "parallel":
+            return episode_seeds(self.seed + 100, self.eval_episodes)
+        return [self.seed + 100]
+
+    @property
+    def eval_env(self):
+        """The first eval env (episode 0's under the parallel protocol), ``None`` without evaluation."""
+        return self.eval_envs[0] if self.eval_envs else None
+
+    @property
+    def greedy_eval_env(self):
+        return self.greedy_eval_envs[0] if self.greedy_eval_envs else None
+
+    def _make_eval_envs(self) -> list:
+        return [self.make_eval_env(seed) for seed in self.eval_seeds] if self.eval_episodes else []
+
+    def make_eval_env(self, seed: int, render: bool = False):
+        """A fresh evaluation env with ``seed`` (one of :attr:`eval_seeds`); ``render=True`` for videos."""
+        env, _ = make_env(self.env_spec, seed, evaluation=True, official_quirks=self.official_quirks, render=render)
         return env
-
-    def make_video_env(self):
-        """A fresh copy of the evaluation env that renders, for videos (training/videos.py)."""
-        return self._make_eval_env(render=True)
 
     # ------------------------------------------------------------------ checkpoint / resume
     def state_dict(self) -> dict[str, Any]:
@@ -304,7 +331,6 @@ class MRQDataModule(LightningDataModule):
 
     def save_rank_state(self, rank_dir: str | Path, extra: dict[str, Any] | None = None) -> None:
         """Write this rank's replay buffer and rank-local state into ``rank_dir`` (buffer first, state last)."""
-        carrier = third_party.collector_carrier(self.collector) if self.collector is not None else None
         state = {
             "rank": self.rank,
             "world_size": self.world_size,
@@ -315,10 +341,11 @@ class MRQDataModule(LightningDataModule):
             "mid_episode": self._mid_episode,
             "completed_episode_returns": list(self.completed_episode_returns),
             "buffer": {"size": len(self.buffer), "write_count": int(self.buffer.write_count)},
-            "carrier": None if carrier is None else carrier.cpu().to_dict(),
+            "carrier": None if self.collector is None else carried_observation(self.collector),
             "env_state": get_env_state(self.env),
-            "eval_env_state": get_env_state(self.eval_env),
-            "greedy_eval_env_state": None if self.greedy_eval_env is None else get_env_state(self.greedy_eval_env),
+            "eval_protocol": self.eval_protocol,
+            "eval_env_states": [get_env_state(env) for env in self.eval_envs],
+            "greedy_eval_env_states": [get_env_state(env) for env in self.greedy_eval_envs],
             "rng": capture_rng(self._root_device),
             **(extra or {}),
         }
@@ -363,14 +390,9 @@ class MRQDataModule(LightningDataModule):
                 set_env_state(self.env, state["env_state"])
             except ValueError as err:
                 raise CheckpointError(f"cannot restore the {self.env_name} simulator state: {err}") from err
-            carrier = third_party.collector_carrier(self.collector)
-            saved = TensorDict(state["carrier"], batch_size=carrier.batch_size, device=carrier.device)
-            third_party.set_collector_carrier(self.collector, saved)
+            restore_carried_observation(self.collector, state["carrier"])
             restored = True
-        if state.get("eval_env_state") is not None:
-            set_env_state(self.eval_env, state["eval_env_state"])
-        if state.get("greedy_eval_env_state") is not None:
-            set_env_state(self.greedy_eval_env, state["greedy_eval_env_state"])
+        self._restore_eval_envs(state)
         if not restored:
             log.warning(
                 "rank %d: the %s simulator state cannot be saved/restored; the resumed run starts a fresh episode at "
@@ -383,6 +405,22 @@ class MRQDataModule(LightningDataModule):
             self._episode_return = 0.0
             self._mid_episode = False
         restore_rng(state["rng"], self._root_device)
+
+    def _restore_eval_envs(self, state: dict[str, Any]) -> None:
+        """The eval envs continue where the checkpoint's were, when they are the same envs (protocol and episode
+        count unchanged); otherwise they start fresh (evaluation settings may change on resume)."""
+        if "eval_protocol" not in state:  # a checkpoint of an earlier version: one sequential eval env (and greedy)
+            state = {"eval_protocol": "sequential", "eval_env_states": [state.get("eval_env_state")],
+                     "greedy_eval_env_states": [state.get("greedy_eval_env_state")] if self.greedy_eval_envs else []}
+        saved = [(self.eval_envs, state["eval_env_states"]), (self.greedy_eval_envs, state["greedy_eval_env_states"])]
+        same = state["eval_protocol"] == self.eval_protocol
+        if not same or any(len(states) != len(envs) for envs, states in saved):
+            log.info("rank %d: evaluation settings changed since the checkpoint; the eval envs start fresh", self.rank)
+            return
+        for envs, states in saved:
+            for env, env_state in zip(envs, states):
+                if env_state is not None:
+                    set_env_state(env, env_state)
 
     # ------------------------------------------------------------------ loaders
     def train_dataloader(self) -> DataLoader:

@@ -116,6 +116,8 @@ class MRQ(LightningModule):
         official_quirks: the official code's multi-step return (algorithm §16 Q3); linked to
             ``data.official_quirks``.
         log_every_n_env_steps: TensorBoard cadence for training scalars.
+        compile: compile the update's losses with ``torch.compile`` (``MRQUpdater(compile=True)``); single
+            process only.
     """
 
     def __init__(
@@ -147,6 +149,7 @@ class MRQ(LightningModule):
         gumbel_tau: float = NETWORK.gumbel_tau,
         official_quirks: bool = False,
         log_every_n_env_steps: int = 1000,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -184,6 +187,11 @@ class MRQ(LightningModule):
                 "turns 16-mixed into bf16-mixed.)"
             )
         trainer = self.trainer
+        if self.hparams.compile and trainer.world_size > 1:
+            raise MRQUserError(
+                f"--model.compile true runs in one process only (not verified under DDP); got {trainer.world_size} "
+                "processes. Fix: drop --model.compile, or train on one device."
+            )
         if lightning_budget_set(trainer.max_steps, trainer.min_steps, trainer.max_epochs, trainer.min_epochs):
             raise MRQUserError(BUDGET_IN_ENV_STEPS)
         if self.loss_module is not None:
@@ -222,7 +230,7 @@ class MRQ(LightningModule):
         )  # fmt: skip
         self.updater = MRQUpdater(
             self.loss_module, backward=self._backward, reduce_mean=self._mean_over_ranks,
-            **asdict(pick(UpdateHParams, hp)),
+            compile=hp.compile, **asdict(pick(UpdateHParams, hp)),
         )  # fmt: skip
         self.env_info = info
         self.acting_policy = make_acting_policy(nets, hp.exploration_noise)
@@ -354,8 +362,8 @@ class MRQ(LightningModule):
             if name == "return":
                 scalars["test/return_std"] = std
             rank_zero_info(
-                f"MR.Q test {name} at env step {self.env_steps} ({len(returns)} episodes, {datamodule.env_name}, seed "
-                f"{datamodule.seed + 100}): mean {mean(returns):.4f} ± {std:.4f}; per episode "
+                f"MR.Q test {name} at env step {self.env_steps} ({len(returns)} episodes, {datamodule.env_name}, "
+                f"{datamodule.eval_protocol}, seed {datamodule.seed + 100}): mean {mean(returns):.4f} ± {std:.4f}; per episode "
                 + ", ".join(f"{r:.4f}" for r in returns)
             )
         self._write_scalars(scalars, self.env_steps)

@@ -53,7 +53,7 @@ RANK_STATE_FORMAT = "mrq_lightning.rank_state/1"
 RANK_STATE_FILE = "state.pt"
 BUFFER_DIR = "buffer"
 # Model hyperparameters that may differ between a checkpoint and the run resuming it.
-RESUME_FREE_HPARAMS = frozenset({"log_every_n_env_steps"})
+RESUME_FREE_HPARAMS = frozenset({"log_every_n_env_steps", "compile"})
 _FRESH = "drop --ckpt_path to start a fresh run"
 _FIX = "Fix: resume with the configuration of the original run, or drop --ckpt_path to start a fresh run."
 

@@ -6,8 +6,8 @@ is played on a fresh rendering copy of the evaluation env (seed + 100, algorithm
 mp4 files. The episode draws from a copy of the torch RNG and touches neither the training nor the evaluation env,
 so training, evaluation returns and resume are the same with videos on or off.
 
-``test --video.save_dir DIR``: the checkpoint's evaluation episodes are played again on a rendering copy of the
-evaluation env and written as ``DIR/<env>_step<k>_episode<i>_<view>.mp4``; their returns equal the test's.
+``test --video.save_dir DIR``: the checkpoint's evaluation episodes are played again on rendering copies of the
+evaluation envs (side by side under the parallel protocol, as the test played them) and written as ``DIR/<env>_step<k>_episode<i>_<view>.mp4``; their returns equal the test's.
 """
 
 from __future__ import annotations
@@ -28,7 +28,15 @@ from torchrl.envs.utils import ExplorationType
 
 from mrq_lightning.errors import ConfigurationError
 from mrq_lightning.third_party import open_tensorboard_file_writer
-from mrq_lightning.video import Mp4Writer, NothingToRender, gif_bytes, record_episodes, render_source, write_mp4
+from mrq_lightning.video import (
+    Mp4Writer,
+    NothingToRender,
+    gif_bytes,
+    record_episodes,
+    record_in_parallel,
+    render_source,
+    write_mp4,
+)
 
 __all__ = ["EvaluationVideos"]
 
@@ -129,19 +137,24 @@ class EvaluationVideos(Callback):
         # Building, seeding and closing an env may draw from (or, by TorchRL's set_seed convention, reseed) the
         # global random generators: all of them are put back, so training is the same with videos on or off.
         with _random_state_kept(pl_module.device):
-            env = None
+            envs = []
             try:
-                env = datamodule.make_video_env()
-                source = render_source(env)
+                # test under the parallel protocol: fresh rendering copies of all eval envs, played side by side as
+                # the test played them; otherwise one rendering copy of the first eval env (seed + 100).
+                parallel = episodes > 1 and datamodule.eval_protocol == "parallel"
+                for seed in datamodule.eval_seeds if parallel else [datamodule.seed + 100]:
+                    envs.append(datamodule.make_eval_env(seed, render=True))
+                source = render_source(envs[0])
                 if source is None:
-                    raise NothingToRender(f"{type(env).__name__} has no render_views()")
+                    raise NothingToRender(f"{type(envs[0]).__name__} has no render_views()")
                 self._fps = source.video_fps
                 pl_module.eval()
+                policy, rule = pl_module.acting_policy, ExplorationType.DETERMINISTIC
                 with torch.autocast(pl_module.device.type, enabled=False):  # fp32, as evaluation
-                    results = record_episodes(
-                        env, pl_module.acting_policy, open_sink, episodes,
-                        exploration=ExplorationType.DETERMINISTIC, max_steps=max_steps,
-                    )  # fmt: skip
+                    if parallel:
+                        results = record_in_parallel(envs, policy, open_sink, exploration=rule, max_steps=max_steps)
+                    else:
+                        results = record_episodes(envs[0], policy, open_sink, episodes, exploration=rule, max_steps=max_steps)
                 return results, self._fps
             except NothingToRender as err:
                 self._unsupported = True
@@ -155,7 +168,7 @@ class EvaluationVideos(Callback):
                                f"({type(err).__name__}: {err}). Fix: MUJOCO_GL=egl or osmesa, or run with {off}.")  # fmt: skip
             finally:
                 pl_module.train(was_training)
-                if env is not None:
+                for env in envs:
                     env.close()
         return None
 
