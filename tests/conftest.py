@@ -33,6 +33,17 @@ SMOKE = ["--config", str(CONFIGS / "dmc.yaml"), "--config", str(CONFIGS / "smoke
          "--data.env", "Dmc-cartpole-balance", "--progress_bar.refresh_rate", "0"]  # fmt: skip
 
 
+# Under pytest-xdist (CI and the README's test command run two workers on two cores) every worker and every
+# subprocess uses one torch thread: two 2-thread jobs on 2 cores slow each other down ~10x. Run alone, tests that
+# train through the CLI use both cores.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+CLI_THREADS = 1 if WORKER else 2
+if WORKER:
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def cli_env(threads: int = 1, **extra: str) -> dict[str, str]:
     """Environment for a subprocess: headless MuJoCo, ``threads`` torch threads (two 2-thread jobs on 2 cores
     slow each other down ~10x), plus ``extra``."""

@@ -6,6 +6,8 @@ LAP sampling then picks the same transitions."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from tensordict import TensorDict
@@ -18,12 +20,12 @@ from mrq_lightning.objectives.mrq_loss import MRQLoss
 OBS, ACTIONS, CYCLES, PERIOD = 11, 3, 2, 250
 
 
-def _train(compile: bool) -> tuple[dict[str, torch.Tensor], MRQUpdater]:
+def _train(compile: bool, cycles: int = CYCLES, period: int = PERIOD) -> tuple[dict[str, torch.Tensor], MRQUpdater]:
     torch.manual_seed(0)
     nets = make_mrq_networks((OBS,), ACTIONS, discrete=False, pixels=False, zs_dim=64, za_dim=16, zsa_dim=64,
                              hidden_dim=64)  # fmt: skip
     loss = MRQLoss(nets.encoder, nets.critic, nets.policy)
-    updater = MRQUpdater(loss, batch_size=64, target_update_period=PERIOD, compile=compile)
+    updater = MRQUpdater(loss, batch_size=64, target_update_period=period, compile=compile)
     buffer = MRQReplayBuffer(capacity=2000, obs_shape=(OBS,), action_dim=ACTIONS, pixels=False, history=1,
                              **updater.replay_settings())  # fmt: skip
     generator = torch.Generator().manual_seed(1)
@@ -39,7 +41,7 @@ def _train(compile: bool) -> tuple[dict[str, torch.Tensor], MRQUpdater]:
             ("next", "done"): torch.tensor([end]),
         }, []).unsqueeze(0))  # fmt: skip
         observation = torch.randn(OBS, generator=generator) if end else next_observation
-    for _ in range(CYCLES * PERIOD):
+    for _ in range(cycles * period):
         updater.step(buffer)
     return {k: v.detach().clone() for k, v in loss.state_dict().items()}, updater
 
@@ -54,3 +56,22 @@ def test_compiled_update_equals_the_eager_update_after_two_cycles():
     for name, value in eager.items():
         if value.is_floating_point():
             torch.testing.assert_close(compiled[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_compiler_failure_is_reported_in_one_line_and_the_update_runs_eagerly(monkeypatch, caplog):
+    def unavailable(fn, **options):
+        def call(*args, **kwargs):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\n(long traceback)")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", unavailable)
+    with caplog.at_level(logging.WARNING, logger="mrq_lightning.agent.updater"):
+        fallback, updater = _train(compile=True, cycles=2, period=5)
+    assert not updater.compiled
+    assert [r.getMessage() for r in caplog.records] == [
+        "compile=True: torch.compile failed (RuntimeError: InvalidCxxCompiler: No working C++ compiler found); the "
+        "update runs eagerly"
+    ]
+    eager, _ = _train(compile=False, cycles=2, period=5)
+    assert all(torch.equal(fallback[k], eager[k]) for k in eager)

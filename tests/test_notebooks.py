@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import CLI_THREADS
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -55,7 +56,7 @@ def test_notebook_runs_in_quick_mode(name, monkeypatch, tmp_path):
     from nbclient import NotebookClient
 
     monkeypatch.setenv("MRQ_NOTEBOOK_QUICK", "1")
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.setenv("OMP_NUM_THREADS", str(CLI_THREADS))
     monkeypatch.delenv("SWEEP_ROOT", raising=False)
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     notebook.cells.append(nbformat.v4.new_code_cell(CHECKS[name].strip()))

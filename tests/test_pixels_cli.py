@@ -11,7 +11,7 @@ import glob
 from pathlib import Path
 
 import pytest
-from conftest import CONFIGS, gif_summary, run_ok, tensorboard_scalars, tensorboard_videos
+from conftest import CLI_THREADS, CONFIGS, gif_summary, run_ok, tensorboard_scalars, tensorboard_videos
 
 SHORT = ["--data.total_steps", "200", "--data.random_steps", "100", "--data.eval_every", "200",
          "--model.batch_size", "16", "--model.target_update_period", "20", "--progress_bar.refresh_rate", "1000"]  # fmt: skip
@@ -23,7 +23,7 @@ VIDEOS = ["--video.every_n_evals", "1", "--video.max_steps", "30"]  # a 31-frame
 def _fit(preset: str, env: str, cwd: Path) -> tuple[dict, dict]:
     """Scalars and videos (TensorBoard) of a short smoke fit with a video after each evaluation."""
     run_ok(["fit", "--config", str(CONFIGS / preset), "--config", str(CONFIGS / "smoke.yaml"), "--data.env", env,
-            *SHORT, *VIDEOS], cwd, timeout=900, threads=2)  # fmt: skip
+            *SHORT, *VIDEOS], cwd, timeout=900, threads=CLI_THREADS)  # fmt: skip
     (log_dir,) = glob.glob(str(cwd / "logs" / "mrq" / "version_*"))
     return tensorboard_scalars(log_dir), tensorboard_videos(log_dir)
 

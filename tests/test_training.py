@@ -6,13 +6,13 @@ import glob
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_cli, tensorboard_scalars
+from conftest import CLI_THREADS, REPO, run_cli, tensorboard_scalars
 
 CONFIGS = sorted(str(p) for p in (REPO / "configs").glob("*.yaml") if p.name != "smoke.yaml")
 
 
 def _cli(args: list[str], cwd: Path, timeout: int = 600):
-    return run_cli(args, cwd, timeout=timeout, threads=2)
+    return run_cli(args, cwd, timeout=timeout, threads=CLI_THREADS)
 
 
 @pytest.mark.slow

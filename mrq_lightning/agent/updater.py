@@ -46,6 +46,7 @@ __all__ = ["MRQUpdater", "metric_tag"]
 log = logging.getLogger(__name__)
 
 _STATE_FORMAT = "mrq_lightning.updater/1"
+_LOSSES = {"encoder": "encoder_loss", "value": "value_loss", "policy": "actor_loss"}  # MRQLoss methods by update
 
 
 def metric_tag(name: str) -> str:
@@ -123,12 +124,12 @@ class MRQUpdater:
         self.timers = {"sample": 0.0, "encoder": 0.0, "rl": 0.0}
         self._checked_buffer: int | None = None
         self.compiled = compile
-        self._losses = {"encoder": loss.encoder_loss, "value": loss.value_loss, "policy": loss.actor_loss}
+        self._losses: dict[str, Callable] = {}
         if compile:
             # fallback_random: the target-policy noise comes from torch's generator as in the eager update (Inductor
             # would otherwise draw its own), so compiled and eager runs of one seed see the same random numbers.
             options = {"fallback_random": True}
-            self._losses = {name: torch.compile(fn, options=options) for name, fn in self._losses.items()}
+            self._losses = {name: torch.compile(getattr(loss, method), options=options) for name, method in _LOSSES.items()}
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -210,16 +211,15 @@ class MRQUpdater:
 
     def _loss(self, name: str, *args, **kwargs):
         """The named loss, compiled when asked for; a compilation failure switches to the eager losses for good."""
+        if not self.compiled:
+            return getattr(self.loss, _LOSSES[name])(*args, **kwargs)
         try:
             return self._losses[name](*args, **kwargs)
         except Exception as err:
-            if not self.compiled:
-                raise
             self.compiled = False
-            self._losses = {"encoder": self.loss.encoder_loss, "value": self.loss.value_loss, "policy": self.loss.actor_loss}
-            log.warning("compile=True: torch.compile failed (%s: %s); the update runs eagerly",
-                        type(err).__name__, str(err).strip().splitlines()[0] if str(err).strip() else "")  # fmt: skip
-            return self._losses[name](*args, **kwargs)
+            first_line = (str(err).strip().splitlines() or [""])[0]
+            log.warning("compile=True: torch.compile failed (%s: %s); the update runs eagerly", type(err).__name__, first_line)
+            return getattr(self.loss, _LOSSES[name])(*args, **kwargs)
 
     def _sample(self, buffer, horizon: int, include_intermediate: bool) -> TensorDictBase:
         batch = buffer.sample(self.hparams.batch_size, horizon=horizon, include_intermediate=include_intermediate)

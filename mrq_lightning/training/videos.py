@@ -141,7 +141,7 @@ class EvaluationVideos(Callback):
             try:
                 # test under the parallel protocol: fresh rendering copies of all eval envs, played side by side as
                 # the test played them; otherwise one rendering copy of the first eval env (seed + 100).
-                parallel = episodes > 1 and datamodule.eval_protocol == "parallel"
+                parallel = pl_module.trainer.state.fn == "test" and datamodule.eval_protocol == "parallel"
                 for seed in datamodule.eval_seeds if parallel else [datamodule.seed + 100]:
                     envs.append(datamodule.make_eval_env(seed, render=True))
                 source = render_source(envs[0])
