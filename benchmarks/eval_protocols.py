@@ -12,6 +12,7 @@ two are equal (tests/test_evaluation.py).
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 
@@ -36,7 +37,8 @@ def main() -> None:
     from mrq_lightning.training import MRQ
 
     checkpoint = torch.load(args.ckpt, map_location="cpu", weights_only=False)
-    model = MRQ(**checkpoint["hyper_parameters"])
+    accepted = inspect.signature(MRQ).parameters
+    model = MRQ(**{k: v for k, v in checkpoint["hyper_parameters"].items() if k in accepted})
     model.configure_networks(make_env(args.env, 0)[1])
     model.load_state_dict(checkpoint["state_dict"])
     policy = model.eval().acting_policy

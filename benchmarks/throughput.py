@@ -63,7 +63,9 @@ class _Window:
         self.start = self.end = None
 
     def snapshot(self, module, datamodule):
-        return dict(module.timers, collect=datamodule.collect_time, wall=time.perf_counter())
+        parts = getattr(datamodule.collector, "timers", {})  # StepCollector: acting and the env's own step
+        return dict(module.timers, collect=datamodule.collect_time, wall=time.perf_counter(),
+                    **{f"collect_{k}": v for k, v in parts.items()})  # fmt: skip
 
 
 def run_lightning(args, timed_steps: int) -> dict:
@@ -302,6 +304,11 @@ def _report(name: str, r: dict) -> float:
     for k, v in parts.items():
         print(f"  {k:<24s} {1000 * v / steps:8.2f} ms/step  {100 * v / wall:5.1f}%")
     print(f"  {'framework overhead':<24s} {1000 * overhead / steps:8.2f} ms/step  {100 * overhead / wall:5.1f}%")
+    if "collect_env" in r:
+        act, env = r["collect_act"], r["collect_env"]
+        rest = r["collect"] - act - env
+        print(f"  env + collector split: acting {1000 * act / steps:.2f}, env step/reset {1000 * env / steps:.2f}, "
+              f"transition + replay write + bookkeeping {1000 * rest / steps:.2f} ms/step")
     return rate
 
 

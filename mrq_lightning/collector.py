@@ -22,6 +22,7 @@ TorchRL's ``Collector``: :func:`supports` says which.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModule
 from torchrl.collectors import BaseCollector, Collector
 from torchrl.envs import EnvBase, GymWrapper
 
@@ -74,13 +76,19 @@ class StepCollector(BaseCollector):
         self.storing_device = torch.device(storing_device)
         self.init_random_frames = init_random_frames
         self.frames = 0
+        # Cumulative seconds acting and in the env's step/reset (read by benchmarks/throughput.py; two clock reads each).
+        self.timers = {"act": 0.0, "env": 0.0}
         self._base = torchrl_wrapped_env(env)
         self._discrete = isinstance(self._base.action_space, spaces.Discrete)
         self._observation: torch.Tensor | None = None
+        # MR.Q's acting policy is a TensorDictModule "observation" -> "action": its module is called on the tensor
+        # directly (the same computation, without building and reading a tensordict every step).
+        plain = isinstance(policy, TensorDictModule) and type(policy) is TensorDictModule
+        self._module = policy.module if plain and policy.in_keys == ["observation"] and policy.out_keys == ["action"] else None
+        self._store_as_is = self.storing_device == torch.device("cpu")  # transitions are built on the CPU
         # Collector resets the env at construction and calls the policy once on that first observation (to learn
         # its output keys). Both are done here too, so the two collectors leave the torch RNG in the same state.
-        with torch.no_grad():
-            policy(self._policy_input(self.carrier["observation"]))
+        self._act(self.carrier["observation"])
 
     # ------------------------------------------------------------------ the current observation
     @property
@@ -94,8 +102,12 @@ class StepCollector(BaseCollector):
     def carrier(self, tensordict: TensorDictBase) -> None:
         self._observation = tensordict.get("observation").to("cpu").clone()
 
-    def _policy_input(self, observation: torch.Tensor) -> TensorDict:
-        return TensorDict({"observation": observation.to(self.policy_device)}, batch_size=[], device=self.policy_device)
+    @torch.no_grad()
+    def _act(self, observation: torch.Tensor) -> torch.Tensor:
+        observation = observation.to(self.policy_device)
+        if self._module is not None:
+            return self._module(observation)
+        return self.policy(TensorDict({"observation": observation}, batch_size=[], device=self.policy_device))["action"]
 
     @staticmethod
     def _as_tensor(observation: np.ndarray) -> torch.Tensor:
@@ -112,36 +124,43 @@ class StepCollector(BaseCollector):
 
     def next(self) -> TensorDictBase:
         """Take one env step and return its transition (batch ``[1]``)."""
-        observation = self.carrier["observation"]
-        td = self._policy_input(observation)
+        if self._observation is None:
+            self._observation = self._as_tensor(self._base.reset()[0])
+        observation = self._observation
+        t0 = time.perf_counter()
         if self.frames < self.init_random_frames:
             # float32 as the policy's actions (Collector stores a random one-hot int64 action in that dtype too)
-            action = self.env.rand_action(td.to("cpu"))["action"].to(torch.float32)
+            action = self.env.rand_action(TensorDict({"observation": observation}, batch_size=[]))["action"]
+            action = action.to(torch.float32)
         else:
-            with torch.no_grad():
-                action = self.policy(td)["action"].to("cpu")
+            action = self._act(observation).to("cpu")
         # GymWrapper's action conversion: one-hot -> index, Box -> float32 array.
         step_action = action.argmax().numpy() if self._discrete else action.numpy()
+        t1 = time.perf_counter()
         next_observation, reward, terminated, truncated, _ = self._base.step(step_action)
+        if terminated or truncated:
+            following_observation = self._as_tensor(self._base.reset()[0])
+        t2 = time.perf_counter()
+        self.timers["act"] += t1 - t0
+        self.timers["env"] += t2 - t1
         next_observation = self._as_tensor(next_observation)
         done = bool(terminated or truncated)
-        transition = TensorDict(
+        following = TensorDict(
             {
-                "observation": observation,
-                "action": action,
-                "next": {
-                    "observation": next_observation,
-                    "reward": torch.tensor([reward], dtype=torch.float32),
-                    "terminated": torch.tensor([bool(terminated)]),
-                    "truncated": torch.tensor([bool(truncated)]),
-                    "done": torch.tensor([done]),
-                },
+                "observation": next_observation.unsqueeze(0),
+                "reward": torch.tensor([[reward]], dtype=torch.float32),
+                "terminated": torch.tensor([[bool(terminated)]]),
+                "truncated": torch.tensor([[bool(truncated)]]),
+                "done": torch.tensor([[done]]),
             },
-            batch_size=[],
+            batch_size=[1],
+        )
+        transition = TensorDict(
+            {"observation": observation.unsqueeze(0), "action": action.unsqueeze(0), "next": following}, batch_size=[1]
         )
         self.frames += 1
-        self._observation = self._as_tensor(self._base.reset()[0]) if done else next_observation
-        return transition.unsqueeze(0).to(self.storing_device)
+        self._observation = following_observation if done else next_observation
+        return transition if self._store_as_is else transition.to(self.storing_device)
 
     # ------------------------------------------------------------------ torchrl BaseCollector API
     def set_seed(self, seed: int, static_seed: bool = False) -> int:
