@@ -32,9 +32,11 @@ from gymnasium import spaces
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule
 from torchrl.collectors import BaseCollector, Collector
-from torchrl.envs import EnvBase, GymWrapper
+from torchrl.envs import EnvBase
 
 from mrq_lightning import third_party
+from mrq_lightning.evaluation import policy_device as infer_policy_device
+from mrq_lightning.evaluation import steps_directly
 from mrq_lightning.third_party import torchrl_wrapped_env
 
 __all__ = ["StepCollector", "carried_observation", "make_collector", "restore_carried_observation", "supports"]
@@ -43,8 +45,9 @@ COLLECTOR_KINDS = ("lean", "torchrl")
 
 
 def supports(env: EnvBase) -> bool:
-    """Whether ``env`` is a preset that :class:`StepCollector` can step directly."""
-    return isinstance(env, GymWrapper) and callable(getattr(torchrl_wrapped_env(env), "env_info", None))
+    """Whether ``env`` is a preset that :class:`StepCollector` can step directly (``make_env``'s plain
+    ``GymWrapper`` around one of our suite envs; see :func:`~mrq_lightning.evaluation.steps_directly`)."""
+    return steps_directly(env)
 
 
 class StepCollector(BaseCollector):
@@ -53,7 +56,7 @@ class StepCollector(BaseCollector):
     Args:
         env: a preset from ``make_env`` (see :func:`supports`).
         policy: a TensorDict module reading ``"observation"`` and writing ``"action"``.
-        policy_device: where the policy runs (observations are moved there).
+        policy_device: where the policy runs (observations are moved there); default: its parameters' device.
         storing_device: where the yielded transitions live (the replay buffer's device).
         init_random_frames: uniform random actions (``env.rand_action``) while fewer frames than this were taken.
     """
@@ -63,7 +66,7 @@ class StepCollector(BaseCollector):
         env: EnvBase,
         policy,
         *,
-        policy_device: torch.device | str = "cpu",
+        policy_device: torch.device | str | None = None,
         storing_device: torch.device | str = "cpu",
         init_random_frames: float = 0,
     ) -> None:
@@ -72,7 +75,7 @@ class StepCollector(BaseCollector):
         super().__init__()
         self.env = env
         self.policy = policy
-        self.policy_device = torch.device(policy_device)
+        self.policy_device = torch.device(policy_device) if policy_device is not None else infer_policy_device(policy)
         self.storing_device = torch.device(storing_device)
         self.init_random_frames = init_random_frames
         self.frames = 0
@@ -164,9 +167,10 @@ class StepCollector(BaseCollector):
 
     # ------------------------------------------------------------------ torchrl BaseCollector API
     def set_seed(self, seed: int, static_seed: bool = False) -> int:
-        """Seed the env as ``Collector.set_seed`` does (``env.set_seed``); the next step starts a fresh episode."""
+        """Seed the env as ``Collector.set_seed`` does (``env.set_seed``, i.e. a seeded reset); the next step acts
+        in the episode that reset started."""
         out = self.env.set_seed(seed, static_seed=static_seed)
-        self._observation = None
+        self._observation = self._as_tensor(self._base.reset(seed=seed)[0])
         return out
 
     def state_dict(self) -> OrderedDict:
@@ -176,7 +180,10 @@ class StepCollector(BaseCollector):
         self.frames = int(state_dict["frames"])
 
     def shutdown(self, timeout: float | None = None, close_env: bool = True, raise_on_error: bool = True) -> None:
+        """Forget the current observation and, as ``Collector.shutdown`` does by default, close the env."""
         self._observation = None
+        if close_env and not self.env.is_closed:
+            self.env.close()
 
     def __repr__(self) -> str:
         return f"StepCollector(env={type(self._base).__name__}, frames={self.frames})"

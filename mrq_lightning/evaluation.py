@@ -6,7 +6,7 @@ Two protocols, same acting rule:
   by side, one policy forward per env step for all episodes still running. The envs are built with
   :func:`episode_seeds` (episode 0 with the evaluation seed itself). The loop steps the gymnasium-level presets
   inside TorchRL's ``GymWrapper`` directly, with the conversions ``GymWrapper`` applies (float32 tensors in, one-hot
-  actions as indices out): about 3-10x the env steps/s of TorchRL's ``rollout`` (docs/benchmarks.md).
+  actions as indices out): 4-5x the env steps/s of TorchRL's ``rollout`` for 10 episodes (docs/benchmarks.md).
 * **sequential** (:func:`evaluate_policy`): the official code's protocol, one env playing the episodes one after
   another through TorchRL's ``rollout``. The paper comparisons use it.
 
@@ -28,7 +28,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from mrq_lightning.third_party import torchrl_wrapped_env
 
-__all__ = ["episode_seeds", "evaluate_in_parallel", "evaluate_policy", "policy_device", "policy_rng_fork"]
+__all__ = ["episode_seeds", "evaluate_in_parallel", "evaluate_policy", "policy_device", "policy_rng_fork", "steps_directly"]
 
 FrameSink = Callable[[dict[str, np.ndarray]], None]
 
@@ -50,18 +50,24 @@ def evaluate_policy(
     The episodes draw from a copy of the torch RNG (CPU, and the policy's CUDA device): the caller's random stream
     is left as it was, so training does not depend on when, or whether, it evaluates.
     """
-    returns = []
     with policy_rng_fork(policy), set_exploration_type(exploration):
-        for _ in range(episodes):
-            rollout = env.rollout(max_steps, policy, break_when_any_done=True, auto_cast_to_device=True)
-            returns.append(float(rollout.get(("next", "reward")).sum()))
+        return _rollout_returns(env, policy, episodes, max_steps)
+
+
+def _rollout_returns(env: EnvBase, policy, episodes: int, max_steps: int) -> list[float]:
+    """``episodes`` episodes through TorchRL's ``rollout`` (no RNG fork: the caller holds one)."""
+    returns = []
+    for _ in range(episodes):
+        rollout = env.rollout(max_steps, policy, break_when_any_done=True, auto_cast_to_device=True)
+        returns.append(float(rollout.get(("next", "reward")).sum()))
     return returns
 
 
 def episode_seeds(eval_seed: int, episodes: int) -> list[int]:
     """Seeds of the parallel protocol's envs: episode 0 uses ``eval_seed`` itself (so it is the sequential
-    protocol's first episode), episode ``i > 0`` an independent seed derived from ``(eval_seed, i)`` with numpy's
-    ``SeedSequence`` (no overlap with the training seeds ``seed + 1000 * rank`` or another run's evaluation)."""
+    protocol's first episode), episode ``i > 0`` a seed hashed from ``(eval_seed, i)`` by numpy's ``SeedSequence``
+    (31 bits: a collision with a training seed ``seed + 1000 * rank`` or another run's evaluation seeds is
+    unlikely, unlike with ``eval_seed + i``)."""
     derived = (int(np.random.SeedSequence([eval_seed, i]).generate_state(1)[0]) % 2**31 for i in range(1, episodes))
     return [eval_seed, *derived][:episodes]
 
@@ -83,12 +89,25 @@ def evaluate_in_parallel(
     ``i``'s ``render_views()`` after the reset and after every step (evaluation videos, mrq_lightning/video.py).
     The torch RNG is forked as in :func:`evaluate_policy`.
     """
+    return play_in_parallel(envs, policy, exploration, max_steps, sinks)[0]
+
+
+@torch.no_grad()
+def play_in_parallel(
+    envs: Sequence[EnvBase],
+    policy,
+    exploration: ExplorationType = ExplorationType.DETERMINISTIC,
+    max_steps: int = 1_000_000,
+    sinks: Sequence[FrameSink] | None = None,
+) -> tuple[list[float], list[bool]]:
+    """:func:`evaluate_in_parallel`, also saying of each episode whether it ended (``False``: cut at ``max_steps``)."""
     device = policy_device(policy)
     # Stepped directly: the presets (make_env: a GymWrapper around one of our gymnasium-level suite envs, which all
     # describe themselves with env_info). Anything else (transformed envs, your own EnvBase) goes through rollout.
-    inner = [torchrl_wrapped_env(env) if isinstance(env, GymWrapper) else None for env in envs]
-    lean = [i for i, base in enumerate(inner) if callable(getattr(base, "env_info", None))]
+    inner = [torchrl_wrapped_env(env) if steps_directly(env) else None for env in envs]
+    lean = [i for i, base in enumerate(inner) if base is not None]
     returns: list[float] = [0.0] * len(envs)
+    ended = [True] * len(envs)  # a rollout of your own env stops at done or max_steps; counted as ended
     rewards: dict[int, list[float]] = {i: [] for i in lean}
     with policy_rng_fork(policy), set_exploration_type(exploration):
         observations = {i: inner[i].reset()[0] for i in lean}
@@ -114,12 +133,26 @@ def evaluate_in_parallel(
                 if not (terminated or truncated):
                     still_running.append(i)
             running = still_running
+        for i in running:
+            ended[i] = False
+        # Your own TorchRL envs: their episodes one after another, inside the same RNG fork (each draws on).
+        for i in sorted(set(range(len(envs))) - set(lean)):
+            returns[i] = _rollout_returns(envs[i], policy, 1, max_steps)[0]
     for i in lean:
         # GymWrapper stores each reward as float32 [1]; rollout's return is their float32 sum: the same here.
         returns[i] = float(torch.tensor(rewards[i], dtype=torch.float32).reshape(-1, 1).sum())
-    for i in sorted(set(range(len(envs))) - set(lean)):
-        returns[i] = evaluate_policy(envs[i], policy, 1, exploration, max_steps)[0]
-    return returns
+    return returns, ended
+
+
+def steps_directly(env: EnvBase) -> bool:
+    """Whether ``env`` is a preset whose gymnasium-level env can be stepped directly with ``GymWrapper``'s
+    conversions: ``make_env``'s plain ``GymWrapper`` (one frame per step, one-hot or Box actions) around one of our
+    suite envs (they describe themselves with ``env_info``)."""
+    from torchrl.data import Bounded, OneHot
+
+    if type(env) is not GymWrapper or getattr(env, "wrapper_frame_skip", 1) != 1:
+        return False
+    return callable(getattr(torchrl_wrapped_env(env), "env_info", None)) and isinstance(env.action_spec, (OneHot, Bounded))
 
 
 def policy_device(policy) -> torch.device:

@@ -34,6 +34,7 @@ __all__ = [
     "restore_gymnasium_wrappers",
     "set_collector_carrier",
     "set_dmc_step_counters",
+    "torch_compiler_errors",
     "torchrl_wrapped_env",
     "trainer_cluster_environment",
     "clear_lightning_sigterm",
@@ -137,6 +138,21 @@ def set_collector_carrier(collector, tensordict) -> None:
     caller gives a tensordict with the carrier's batch size and device.
     """
     collector._carrier = tensordict
+
+
+# ------------------------------------------------------------------------------------------------ torch 2.13
+def torch_compiler_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions ``torch.compile`` raises when it cannot compile (Dynamo, Inductor, a missing or failing C++
+    compiler), as opposed to errors of the compiled program itself.
+
+    Why private: torch exposes no public base class for them. Read in torch 2.13 ``torch/_dynamo/exc.py``
+    (``TorchDynamoException``, the base of ``BackendCompilerFailed``) and ``torch/_inductor/exc.py``
+    (``InductorError``, ``InvalidCxxCompiler``, ``CppCompileError``).
+    """
+    from torch._dynamo.exc import TorchDynamoException
+    from torch._inductor.exc import CppCompileError, InductorError, InvalidCxxCompiler
+
+    return TorchDynamoException, InductorError, InvalidCxxCompiler, CppCompileError
 
 
 # ------------------------------------------------------------------------------------ lightning 2.6.6 loggers

@@ -20,7 +20,7 @@ import torch
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
 
-from mrq_lightning.evaluation import evaluate_in_parallel, policy_device, policy_rng_fork
+from mrq_lightning.evaluation import play_in_parallel, policy_device, policy_rng_fork
 from mrq_lightning.third_party import torchrl_wrapped_env
 
 __all__ = ["FrameSink", "NothingToRender", "gif_bytes", "record_episodes", "record_in_parallel", "render_source", "write_mp4"]
@@ -109,8 +109,8 @@ def record_in_parallel(
     if any(render_source(env) is None for env in envs):
         raise ValueError("every env must have render_views(): build them with make_env")
     limit = max_steps if max_steps is not None else 1_000_000
-    returns = evaluate_in_parallel(envs, policy, exploration, limit, sinks=[counting(k) for k in range(len(envs))])
-    return [(ret, n - 1, max_steps is None or n - 1 < limit) for ret, n in zip(returns, counts)]
+    returns, finished = play_in_parallel(envs, policy, exploration, limit, sinks=[counting(k) for k in range(len(envs))])
+    return [(ret, n - 1, done) for ret, n, done in zip(returns, counts, finished)]
 
 
 def gif_bytes(frames: Sequence[np.ndarray], fps: float, max_width: int = GIF_MAX_WIDTH) -> bytes:

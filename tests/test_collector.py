@@ -67,6 +67,16 @@ def test_step_collector_is_a_torchrl_collector_and_refuses_other_envs():
     assert torch.equal(first, make_env("Gym-Pendulum-v1", 0)[0].reset()["observation"])
     collector.carrier = collector.carrier.apply(lambda x: x * 0)  # a restored observation is acted on next
     assert torch.equal(next(iter(collector))["observation"], torch.zeros(1, 3))
+    # GymWrapper options that change the step (frame skip, index actions) are left to TorchRL's Collector.
+    from torchrl.envs import GymWrapper
+
+    from mrq_lightning.envs import make_gymnasium_env
+
+    assert not supports(GymWrapper(make_gymnasium_env("Gym-CartPole-v1", 0)[0], categorical_action_encoding=True))
+    assert not supports(GymWrapper(make_gymnasium_env("Gym-Pendulum-v1", 0)[0], frame_skip=2))
+    # set_seed: the seeded reset's episode is the one acted in next (as Collector.set_seed leaves the env).
+    collector.set_seed(9)
+    assert torch.equal(collector.carrier["observation"], make_env("Gym-Pendulum-v1", 9)[0].reset()["observation"])
     torchrl_env = make_env(custom_env_spec({"class_path": "tests.toy_envs.make_torchrl_cartpole"}), 0)[0]
     assert not supports(torchrl_env)
     with pytest.raises(ValueError, match="use torchrl's Collector"):

@@ -40,6 +40,7 @@ from tensordict import TensorDictBase
 from mrq_lightning.errors import ConfigurationError
 from mrq_lightning.hyperparameters import UPDATE, UpdateHParams, replay_settings
 from mrq_lightning.objectives.mrq_loss import MRQLoss
+from mrq_lightning.third_party import torch_compiler_errors
 
 __all__ = ["MRQUpdater", "metric_tag"]
 
@@ -177,10 +178,8 @@ class MRQUpdater:
         t0 = time.perf_counter()
         batch = self._sample(buffer, hp.value_horizon, include_intermediate=False)
         t1 = time.perf_counter()
-        value_loss, value_metrics = self._loss("value", batch)
-        self._optimizer_step(self.value_optimizer, value_loss, clip=hp.value_grad_clip)  # the critics only
-        policy_loss, policy_metrics = self._loss("policy", batch)
-        self._optimizer_step(self.policy_optimizer, policy_loss)
+        value_metrics = self._update("value", self.value_optimizer, batch, clip=hp.value_grad_clip)  # the critics only
+        policy_metrics = self._update("policy", self.policy_optimizer, batch)
         buffer.update_priority(batch.get("index"), batch.get(loss.tensor_keys.priority))
         self.rl_updates += 1
         self.timers["sample"] += t1 - t0
@@ -203,23 +202,30 @@ class MRQUpdater:
             s0 = time.perf_counter()
             batch = self._sample(buffer, hp.encoder_horizon, include_intermediate=True)
             sample_time += time.perf_counter() - s0
-            encoder_loss, metrics = self._loss("encoder", batch, env_terminates=buffer.env_terminates)
-            self._optimizer_step(self.encoder_optimizer, encoder_loss)
+            metrics = self._update("encoder", self.encoder_optimizer, batch, env_terminates=buffer.env_terminates)
         self.timers["sample"] += sample_time
         self.timers["encoder"] += time.perf_counter() - t0 - sample_time
         return dict(metrics.items())
 
-    def _loss(self, name: str, *args, **kwargs):
-        """The named loss, compiled when asked for; a compilation failure switches to the eager losses for good."""
+    def _update(self, name: str, optimizer, batch, clip: float | None = None, **loss_kwargs) -> TensorDictBase:
+        """Compute the named loss (compiled when asked for) and step its optimizer; returns the loss's metrics.
+
+        Compilation happens at the first forward and, lazily, at the first backward: a compiler failure at either
+        switches to the eager losses for good (one warning line) and redoes this update eagerly. Errors of the
+        update itself (shapes, memory) are raised as they are."""
         if not self.compiled:
-            return getattr(self.loss, _LOSSES[name])(*args, **kwargs)
+            loss, metrics = getattr(self.loss, _LOSSES[name])(batch, **loss_kwargs)
+            self._optimizer_step(optimizer, loss, clip=clip)
+            return metrics
         try:
-            return self._losses[name](*args, **kwargs)
-        except Exception as err:
+            loss, metrics = self._losses[name](batch, **loss_kwargs)
+            self._optimizer_step(optimizer, loss, clip=clip)
+            return metrics
+        except torch_compiler_errors() as err:
             self.compiled = False
             first_line = (str(err).strip().splitlines() or [""])[0]
             log.warning("compile=True: torch.compile failed (%s: %s); the update runs eagerly", type(err).__name__, first_line)
-            return getattr(self.loss, _LOSSES[name])(*args, **kwargs)
+            return self._update(name, optimizer, batch, clip=clip, **loss_kwargs)
 
     def _sample(self, buffer, horizon: int, include_intermediate: bool) -> TensorDictBase:
         batch = buffer.sample(self.hparams.batch_size, horizon=horizon, include_intermediate=include_intermediate)

@@ -226,6 +226,8 @@ class MRQDataModule(LightningDataModule):
         return settings() if callable(settings) else replay_settings()
 
     def setup(self, stage: str | None = None) -> None:
+        if stage == "test" and self.eval_episodes == 0:
+            raise ConfigurationError("test with data.eval_episodes 0 has no episodes to play. Fix: --data.eval_episodes 10")
         if self.env_info is not None:
             return
         self.env, self.env_info = make_env(
@@ -254,7 +256,7 @@ class MRQDataModule(LightningDataModule):
     def build_collector(self, policy) -> None:
         """Create the single-env, one-transition-per-step collector that drives training (collector.py)."""
         if self.collector is not None:
-            self.collector.shutdown()
+            self.collector.shutdown(close_env=False)  # the training env lives on with the new collector
         device = next(policy.parameters()).device
         self.collector = make_collector(
             self.env, policy, policy_device=device, storing_device=self.buffer.device, kind=self.collector_kind
@@ -415,7 +417,9 @@ class MRQDataModule(LightningDataModule):
         saved = [(self.eval_envs, state["eval_env_states"]), (self.greedy_eval_envs, state["greedy_eval_env_states"])]
         same = state["eval_protocol"] == self.eval_protocol
         if not same or any(len(states) != len(envs) for envs, states in saved):
-            log.info("rank %d: evaluation settings changed since the checkpoint; the eval envs start fresh", self.rank)
+            log.warning("rank %d: the checkpoint evaluated %s with %d envs, this run %s with %d: the eval envs start "
+                        "fresh, so evaluations differ from an uninterrupted run's", self.rank, state["eval_protocol"],
+                        len(saved[0][1]), self.eval_protocol, len(self.eval_envs))  # fmt: skip
             return
         for envs, states in saved:
             for env, env_state in zip(envs, states):

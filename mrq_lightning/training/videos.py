@@ -165,7 +165,8 @@ class EvaluationVideos(Callback):
             except Exception as err:  # a GL backend missing, a render() that raises ...: never stop training
                 self._unsupported = True
                 rank_zero_warn(f"{datamodule.env_name}: video recording failed, no more videos in this run "
-                               f"({type(err).__name__}: {err}). Fix: MUJOCO_GL=egl or osmesa, or run with {off}.")  # fmt: skip
+                               f"({type(err).__name__}: {err}). Fix: install what it names, set MUJOCO_GL=egl or osmesa for MuJoCo, or run "
+                               f"with {off}.")  # fmt: skip
             finally:
                 pl_module.train(was_training)
                 for env in envs:
