@@ -44,18 +44,6 @@ if WORKER:
     torch.set_num_threads(1)
 
 
-# The files that train through the CLI, longest first (seconds on 2 cores, 2026-12-01): with two xdist workers
-# taking one file at a time, starting the longest first keeps one worker from finishing a long file alone at the end.
-LONGEST_FILES = ("test_sweep.py", "test_resume.py", "test_ddp_precision.py", "test_resume_kinds.py", "test_training.py",
-                 "test_notebooks.py", "test_pixels_cli.py", "test_own_envs.py", "test_loggers.py", "test_example.py")  # fmt: skip
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    """Run the longest files first (order within a file kept)."""
-    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FILES)))
-
-
 def cli_env(threads: int = 1, **extra: str) -> dict[str, str]:
     """Environment for a subprocess: headless MuJoCo, ``threads`` torch threads (two 2-thread jobs on 2 cores
     slow each other down ~10x), plus ``extra``."""
