@@ -35,9 +35,8 @@ from torchrl.collectors import BaseCollector, Collector
 from torchrl.envs import EnvBase
 
 from mrq_lightning import third_party
+from mrq_lightning.evaluation import gym_action, steps_directly
 from mrq_lightning.evaluation import policy_device as infer_policy_device
-from mrq_lightning.evaluation import steps_directly
-from mrq_lightning.third_party import torchrl_wrapped_env
 
 __all__ = ["StepCollector", "carried_observation", "make_collector", "restore_carried_observation", "supports"]
 
@@ -81,7 +80,7 @@ class StepCollector(BaseCollector):
         self.frames = 0
         # Cumulative seconds acting and in the env's step/reset (read by benchmarks/throughput.py; two clock reads each).
         self.timers = {"act": 0.0, "env": 0.0}
-        self._base = torchrl_wrapped_env(env)
+        self._base = third_party.torchrl_wrapped_env(env)
         self._discrete = isinstance(self._base.action_space, spaces.Discrete)
         self._observation: torch.Tensor | None = None
         # MR.Q's acting policy is a TensorDictModule "observation" -> "action": its module is called on the tensor
@@ -91,15 +90,18 @@ class StepCollector(BaseCollector):
         self._store_as_is = self.storing_device == torch.device("cpu")  # transitions are built on the CPU
         # Collector resets the env at construction and calls the policy once on that first observation (to learn
         # its output keys). Both are done here too, so the two collectors leave the torch RNG in the same state.
-        self._act(self.carrier["observation"])
+        self._act(self._current_observation())
 
     # ------------------------------------------------------------------ the current observation
     @property
     def carrier(self) -> TensorDict:
         """The observation the next step acts on (batch ``[]``), as ``Collector``'s carrier holds it."""
-        if self._observation is None:
+        return TensorDict({"observation": self._current_observation()}, batch_size=[])
+
+    def _current_observation(self) -> torch.Tensor:
+        if self._observation is None:  # the first step, or after shutdown: a fresh episode (unseeded reset)
             self._observation = self._as_tensor(self._base.reset()[0])
-        return TensorDict({"observation": self._observation}, batch_size=[])
+        return self._observation
 
     @carrier.setter
     def carrier(self, tensordict: TensorDictBase) -> None:
@@ -127,9 +129,7 @@ class StepCollector(BaseCollector):
 
     def next(self) -> TensorDictBase:
         """Take one env step and return its transition (batch ``[1]``)."""
-        if self._observation is None:
-            self._observation = self._as_tensor(self._base.reset()[0])
-        observation = self._observation
+        observation = self._current_observation()
         t0 = time.perf_counter()
         if self.frames < self.init_random_frames:
             # float32 as the policy's actions (Collector stores a random one-hot int64 action in that dtype too)
@@ -137,17 +137,15 @@ class StepCollector(BaseCollector):
             action = action.to(torch.float32)
         else:
             action = self._act(observation).to("cpu")
-        # GymWrapper's action conversion: one-hot -> index, Box -> float32 array.
-        step_action = action.argmax().numpy() if self._discrete else action.numpy()
         t1 = time.perf_counter()
-        next_observation, reward, terminated, truncated, _ = self._base.step(step_action)
-        if terminated or truncated:
+        next_observation, reward, terminated, truncated, _ = self._base.step(gym_action(action, self._discrete))
+        done = bool(terminated or truncated)
+        if done:
             following_observation = self._as_tensor(self._base.reset()[0])
         t2 = time.perf_counter()
         self.timers["act"] += t1 - t0
         self.timers["env"] += t2 - t1
         next_observation = self._as_tensor(next_observation)
-        done = bool(terminated or truncated)
         following = TensorDict(
             {
                 "observation": next_observation.unsqueeze(0),

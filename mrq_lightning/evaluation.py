@@ -28,7 +28,8 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from mrq_lightning.third_party import torchrl_wrapped_env
 
-__all__ = ["episode_seeds", "evaluate_in_parallel", "evaluate_policy", "policy_device", "policy_rng_fork", "steps_directly"]
+__all__ = ["episode_seeds", "evaluate_in_parallel", "evaluate_policy", "gym_action", "play_in_parallel",
+           "policy_device", "policy_rng_fork", "steps_directly"]
 
 FrameSink = Callable[[dict[str, np.ndarray]], None]
 
@@ -72,24 +73,18 @@ def episode_seeds(eval_seed: int, episodes: int) -> list[int]:
     return [eval_seed, *derived][:episodes]
 
 
-@torch.no_grad()
 def evaluate_in_parallel(
-    envs: Sequence[EnvBase],
-    policy,
-    exploration: ExplorationType = ExplorationType.DETERMINISTIC,
-    max_steps: int = 1_000_000,
-    sinks: Sequence[FrameSink] | None = None,
+    envs: Sequence[EnvBase], policy, exploration: ExplorationType = ExplorationType.DETERMINISTIC, max_steps: int = 1_000_000
 ) -> list[float]:
     """One episode on each env of ``envs``, side by side; returns the undiscounted return of each.
 
     ``envs`` are MR.Q presets (``make_env``: TorchRL ``GymWrapper``s of gymnasium-level envs); every step the
     running episodes' observations are stacked, the policy acts on all of them at once, and each env steps. Returns
     are float32 sums, as :func:`evaluate_policy` computes them. A TorchRL env that wraps no gymnasium env (your own
-    ``EnvBase``) plays its episode through :func:`evaluate_policy` instead. ``sinks[i]``, when given, receives env
-    ``i``'s ``render_views()`` after the reset and after every step (evaluation videos, mrq_lightning/video.py).
-    The torch RNG is forked as in :func:`evaluate_policy`.
+    ``EnvBase``) plays its episode through TorchRL's ``rollout`` instead. The torch RNG is forked as in
+    :func:`evaluate_policy`. (:func:`play_in_parallel` also passes each frame's views to a sink, for videos.)
     """
-    return play_in_parallel(envs, policy, exploration, max_steps, sinks)[0]
+    return play_in_parallel(envs, policy, exploration, max_steps)[0]
 
 
 @torch.no_grad()
@@ -100,12 +95,14 @@ def play_in_parallel(
     max_steps: int = 1_000_000,
     sinks: Sequence[FrameSink] | None = None,
 ) -> tuple[list[float], list[bool]]:
-    """:func:`evaluate_in_parallel`, also saying of each episode whether it ended (``False``: cut at ``max_steps``)."""
+    """:func:`evaluate_in_parallel`, also saying of each episode whether it ended (``False``: cut at ``max_steps``).
+    ``sinks[i]``, when given, receives env ``i``'s ``render_views()`` after the reset and after every step."""
     device = policy_device(policy)
     # Stepped directly: the presets (make_env: a GymWrapper around one of our gymnasium-level suite envs, which all
     # describe themselves with env_info). Anything else (transformed envs, your own EnvBase) goes through rollout.
     inner = [torchrl_wrapped_env(env) if steps_directly(env) else None for env in envs]
     lean = [i for i, base in enumerate(inner) if base is not None]
+    discrete = {i: isinstance(inner[i].action_space, spaces.Discrete) for i in lean}
     returns: list[float] = [0.0] * len(envs)
     ended = [True] * len(envs)  # a rollout of your own env stops at done or max_steps; counted as ended
     rewards: dict[int, list[float]] = {i: [] for i in lean}
@@ -124,9 +121,7 @@ def play_in_parallel(
             still_running = []
             for row, i in enumerate(running):
                 env = inner[i]
-                # GymWrapper's action conversion: a one-hot action becomes its index, a Box action a float32 array.
-                action = actions[row].argmax().numpy() if isinstance(env.action_space, spaces.Discrete) else actions[row].numpy()
-                observations[i], reward, terminated, truncated, _ = env.step(action)
+                observations[i], reward, terminated, truncated, _ = env.step(gym_action(actions[row], discrete[i]))
                 rewards[i].append(reward)
                 if sinks is not None:
                     sinks[i](env.render_views())
@@ -142,6 +137,12 @@ def play_in_parallel(
         # GymWrapper stores each reward as float32 [1]; rollout's return is their float32 sum: the same here.
         returns[i] = float(torch.tensor(rewards[i], dtype=torch.float32).reshape(-1, 1).sum())
     return returns, ended
+
+
+def gym_action(action: torch.Tensor, discrete: bool) -> np.ndarray:
+    """``GymWrapper``'s conversion of one CPU action for the gymnasium env: a one-hot action becomes its index, a Box
+    action its float32 array."""
+    return action.argmax().numpy() if discrete else action.numpy()
 
 
 def steps_directly(env: EnvBase) -> bool:

@@ -33,6 +33,10 @@ GIF_MAX_FPS = 50  # GIF delays are whole 1/100 s and browsers slow down shorter 
 class NothingToRender(ValueError):
     """The env shows nothing: its first frame after reset has no views (no rgb_array render, no image state)."""
 
+    @classmethod
+    def of(cls, source) -> "NothingToRender":
+        return cls(f"{type(source).__name__} has no rgb_array render mode and no image observations")
+
 
 def render_source(env: EnvBase):
     """The gymnasium-level preset inside a TorchRL ``GymWrapper`` (it renders), or ``None`` when it cannot render."""
@@ -68,7 +72,7 @@ def record_episodes(
             td = env.reset()
             views = source.render_views()
             if not views:
-                raise NothingToRender(f"{type(source).__name__} has no rgb_array render mode and no image observations")
+                raise NothingToRender.of(source)
             sink(views)
             total, steps, done = 0.0, 0, False
             while not done and (max_steps is None or steps < max_steps):
@@ -100,7 +104,7 @@ def record_in_parallel(
 
         def take(views):
             if counts[k] == 0 and not views:
-                raise NothingToRender(f"{type(render_source(envs[k])).__name__} has no rgb_array render mode and no image observations")
+                raise NothingToRender.of(render_source(envs[k]))
             counts[k] += 1
             sink(views)
 
