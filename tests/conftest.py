@@ -33,7 +33,7 @@ SMOKE = ["--config", str(CONFIGS / "dmc.yaml"), "--config", str(CONFIGS / "smoke
          "--data.env", "Dmc-cartpole-balance", "--progress_bar.refresh_rate", "0"]  # fmt: skip
 
 
-# Under pytest-xdist (CI and the README's test command run two workers on two cores) every worker and every
+# Under pytest-xdist (CI and the README's test command run three workers on two cores) every worker and every
 # subprocess uses one torch thread: two 2-thread jobs on 2 cores slow each other down ~10x. Run alone, tests that
 # train through the CLI use both cores.
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")
