@@ -144,7 +144,7 @@ def run_plain(args, timed_steps: int) -> dict:
         history=info.history,
     )
     obs, _ = env.reset()
-    t = {"collect": 0.0, "sample": 0.0, "encoder": 0.0, "rl": 0.0}
+    t = {"collect": 0.0, "sample": 0.0, "encoder": 0.0, "rl": 0.0, "collect_act": 0.0, "collect_env": 0.0}
     updates = 0
     start = None
     for step in range(args.warmup + timed_steps):
@@ -159,7 +159,13 @@ def run_plain(args, timed_steps: int) -> dict:
             with torch.no_grad():
                 action = torch.tanh(nets.policy.mlp(nets.encoder.encode_state(obs_t)))
                 action = (action + 0.2 * torch.randn_like(action)).clamp(-1, 1)
+        a1 = time.perf_counter()
         next_obs, reward, terminated, truncated, _ = env.step(action.numpy())
+        if terminated or truncated:
+            following = env.reset()[0]
+        a2 = time.perf_counter()
+        t["collect_act"] += a1 - c0
+        t["collect_env"] += a2 - a1
         buffer.extend(
             TensorDict(
                 {
@@ -174,7 +180,7 @@ def run_plain(args, timed_steps: int) -> dict:
                 [],
             ).unsqueeze(0)
         )
-        obs = next_obs if not (terminated or truncated) else env.reset()[0]
+        obs = following if terminated or truncated else next_obs
         t["collect"] += time.perf_counter() - c0
         if step < args.warmup:
             continue

@@ -146,7 +146,8 @@ class StepCollector(BaseCollector):
         self.timers["act"] += t1 - t0
         self.timers["env"] += t2 - t1
         next_observation = self._as_tensor(next_observation)
-        following = TensorDict(
+        # Every entry is built with batch [1] on the CPU: no need for the constructor's checks (third_party).
+        following = third_party.unchecked_tensordict(
             {
                 "observation": next_observation.unsqueeze(0),
                 "reward": torch.tensor([[reward]], dtype=torch.float32),
@@ -154,10 +155,10 @@ class StepCollector(BaseCollector):
                 "truncated": torch.tensor([[bool(truncated)]]),
                 "done": torch.tensor([[done]]),
             },
-            batch_size=[1],
+            [1],
         )
-        transition = TensorDict(
-            {"observation": observation.unsqueeze(0), "action": action.unsqueeze(0), "next": following}, batch_size=[1]
+        transition = third_party.unchecked_tensordict(
+            {"observation": observation.unsqueeze(0), "action": action.unsqueeze(0), "next": following}, [1]
         )
         self.frames += 1
         self._observation = following_observation if done else next_observation

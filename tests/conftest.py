@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning  # noqa: F401  (see below)
@@ -42,6 +44,18 @@ if WORKER:
     import torch
 
     torch.set_num_threads(1)
+
+
+# The files that train through the CLI, longest first (seconds on 2 cores, 2026-12-01): with two xdist workers
+# taking one file at a time, starting the longest first keeps one worker from finishing a long file alone at the end.
+LONGEST_FILES = ("test_sweep.py", "test_resume.py", "test_ddp_precision.py", "test_resume_kinds.py", "test_training.py",
+                 "test_notebooks.py", "test_pixels_cli.py", "test_own_envs.py", "test_loggers.py", "test_example.py")  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Run the longest files first (order within a file kept)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FILES)))
 
 
 def cli_env(threads: int = 1, **extra: str) -> dict[str, str]:
@@ -133,12 +147,29 @@ def smoke_run(tmp_path_factory) -> Path:
 
     Evaluation videos are on (every 2nd evaluation: env steps 0 and 600, 60 env steps each, also as mp4 in ``videos/``): the tests comparing
     this run with runs without videos (test_example.py, test_loggers.py) also show that videos change nothing."""
-    cwd = tmp_path_factory.mktemp("smoke")
     args = ["fit", "--config", str(CONFIGS / "dmc.yaml"), "--config", str(CONFIGS / "smoke.yaml"),
             "--data.env", "Dmc-cartpole-balance", "--video.every_n_evals", "2", "--video.max_steps", "60",
             "--video.save_dir", "videos"]  # fmt: skip
-    run_ok(args, cwd, threads=SMOKE_FIT_THREADS)
-    return cwd
+    return shared_run("smoke", lambda cwd: run_ok(args, cwd, threads=SMOKE_FIT_THREADS), tmp_path_factory)
+
+
+def shared_run(name: str, make: Callable[[Path], object], tmp_path_factory) -> Path:
+    """A directory made once per test session by ``make(directory)``, for every xdist worker.
+
+    A session fixture runs once per worker, and three test files on three workers would each train the same run:
+    the first worker makes it under the lock, the others wait and reuse it (read-only; tests copy what they
+    change). A failed ``make`` leaves no marker, so each waiting worker retries and reports the failure itself."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent if WORKER else tmp_path_factory.getbasetemp()
+    directory, made = shared / name, shared / f"{name}.made"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not made.exists():
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir()
+            make(directory)
+            made.touch()
+    return directory
 
 
 def gif_summary(gif: bytes, fps: float) -> tuple[int, tuple[int, int]]:

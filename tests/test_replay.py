@@ -233,6 +233,38 @@ def test_batched_and_stepwise_extend_agree_and_accept_shapes():
     assert torch.equal(sa["sampler"]["priority"], sb["sampler"]["priority"])
 
 
+@pytest.mark.parametrize("pixels", [False, True])
+def test_numpy_and_torch_slot_writes_agree(pixels):
+    """On the CPU the writer fills slots through numpy views; a GPU buffer uses torch indexing. Both write the same
+    values: the same stream (terminated, truncated and running episodes, batched and one step at a time, wrapping
+    the ring several times) through each leaves identical storage."""
+    def make() -> MRQReplayBuffer:
+        if pixels:
+            return MRQReplayBuffer(capacity=16, obs_shape=(2, 4, 4), action_dim=2, pixels=True, history=2, horizon=3)
+        return vector_buffer(capacity=16, horizon=3)
+
+    numpy_written, torch_written = make(), make()
+    torch_written._writer._write_numpy = torch_written._writer._write_torch  # the GPU path, on the CPU
+    if pixels:
+        stream = [pixel_episode([7 * e + k for k in range(n + 1)], end, 2, 1) for e, (n, end) in
+                  enumerate([(5, "terminated"), (2, "truncated"), (9, None), (4, "terminated"), (6, "truncated")])]  # fmt: skip
+    else:
+        stream = [vector_episode(e, n, end) for e, (n, end) in
+                  enumerate([(5, "terminated"), (2, "truncated"), (9, "truncated"), (4, "terminated"), (7, None)])]  # fmt: skip
+    for k, td in enumerate(stream):
+        for rb in (numpy_written, torch_written):
+            if k % 2:
+                rb.extend(td)
+            else:
+                for t in range(td.shape[0]):
+                    rb.extend(td[t : t + 1])
+        a, b = numpy_written.state_dict(), torch_written.state_dict()
+        for name, tensor in a["storage"]["tensors"].items():
+            assert torch.equal(tensor, b["storage"]["tensors"][name]), (k, name)
+        assert a["writer"] == b["writer"]
+        assert torch.equal(a["sampler"]["priority"], b["sampler"]["priority"])
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Frame history (pixels)
 # ------------------------------------------------------------------------------------------------------------------

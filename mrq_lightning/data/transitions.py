@@ -45,7 +45,7 @@ class TransitionLayout:
             raise ValueError(f"{name!r} has per-step shape {tuple(states.shape[1:])}, expected {self.obs_shape}")
         if self.pixels and states.dtype != torch.uint8:
             raise TypeError(f"pixel {name!r} must be uint8, got {states.dtype}")
-        frames = states[:, -self.frame_shape[0] :]
+        frames = states if self.frame_shape[0] == self.obs_shape[0] else states[:, -self.frame_shape[0] :]
         return frames if self.pixels else frames.to(torch.float32)
 
     def canonicalize(self, data: TensorDictBase) -> dict[str, torch.Tensor]:
@@ -60,13 +60,18 @@ class TransitionLayout:
         num = lead[-1] if lead else 1
         dev = self.device
 
+        flat = len(lead) == 1  # batch [T]: the leading dim is already T (one env step per collector batch: [1])
+
+        # Only the operations a field needs: this runs on every env step (collection cost, docs/benchmarks.md).
         def fetch(td: TensorDictBase, key: str, default: Any = _MISSING) -> torch.Tensor | None:
             value = td.get(key, None)
             if value is None:
                 if default is _MISSING:
                     raise KeyError(f"transitions need the key {key!r} (under 'next' for s', reward and flags)")
                 return default
-            return value.to(dev).reshape(num, *value.shape[len(lead) :])
+            if value.device != dev:
+                value = value.to(dev)
+            return value if flat else value.reshape(num, *value.shape[len(lead) :])
 
         nxt = data.get("next", None)
         if nxt is None:

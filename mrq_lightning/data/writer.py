@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torchrl.data.replay_buffers.writers import Writer
 
@@ -108,16 +109,42 @@ class MRQWriter(Writer):
                 final_rows.append(t)
                 written += 1
 
+        contiguous = not final_slots and first + num <= capacity  # the usual case: a plain slice of slots
+        where = slice(first, first + num) if contiguous else trans_slots
+        write = self._write_numpy if storage.device.type == "cpu" else self._write_torch
+        write(data, where, index_rows, next_rows, final_slots, final_rows, mask)
+        storage.grow(written)
+        self.env_terminates = self.env_terminates or any(terminated)
+        self._write_count += num
+        if contiguous:
+            return torch.arange(first, first + num, device=storage.device)
+        return torch.tensor(trans_slots, dtype=torch.long, device=storage.device)
+
+    # The slot writes of one chunk. `where` is a slice or a list of transition slots, the rows are the state and
+    # successor history indices of each transition, `mask` the final valid-start value of each touched slot. Two
+    # ways of writing the same values: on the CPU through numpy views of the storage tensors (they share memory),
+    # because each torch indexing call costs microseconds of dispatch and one env step makes about a dozen of
+    # them (collection cost, docs/benchmarks.md "Collection"); elsewhere (a GPU buffer) with torch indexing.
+    def _write_numpy(self, data, where, index_rows, next_rows, final_slots, final_rows, mask) -> None:
+        slots = self._storage.numpy_views()
+        slots["frames"][where] = data["frame"].numpy()
+        slots["action"][where] = data["action"].numpy()
+        slots["reward"][where] = data["reward"].numpy()
+        slots["not_done"][where] = 1.0 - data["terminated"].numpy().astype(np.float32)
+        slots["is_transition"][where] = True
+        slots["state_index"][where] = index_rows
+        slots["next_index"][where] = next_rows
+        if final_slots:
+            slots["frames"][final_slots] = data["final_frame"].numpy()[final_rows]
+            slots["is_transition"][final_slots] = False
+        slots["valid"][list(mask)] = list(mask.values())
+
+    def _write_torch(self, data, where, index_rows, next_rows, final_slots, final_rows, mask) -> None:
+        storage: MRQStorage = self._storage
         dev = storage.device
-        # Transition slots: a plain slice when they are contiguous (the usual case), else an index tensor.
-        if not final_slots and first + num <= capacity:
-            ts = torch.arange(first, first + num, device=dev)
-            where: slice | torch.Tensor = slice(first, first + num)
-        else:
-            ts = torch.tensor(trans_slots, dtype=torch.long, device=dev)
-            where = ts
-        index_rows.extend(next_rows)
-        index_table = torch.tensor(index_rows, dtype=torch.int32, device=dev)
+        where = where if isinstance(where, slice) else torch.tensor(where, dtype=torch.long, device=dev)
+        num = len(index_rows)
+        index_table = torch.tensor(index_rows + next_rows, dtype=torch.int32, device=dev)
         storage.frames[where] = data["frame"]
         storage.action[where] = data["action"]
         storage.reward[where] = data["reward"]
@@ -131,10 +158,6 @@ class MRQWriter(Writer):
             storage.is_transition[fs] = False
         updates = torch.tensor(list(mask.items()), dtype=torch.long, device=dev)
         storage.valid[updates[:, 0]] = updates[:, 1].bool()
-        storage.grow(written)
-        self.env_terminates = self.env_terminates or any(terminated)
-        self._write_count += num
-        return ts
 
     def end_episode(self, final_frame: torch.Tensor) -> bool:
         """Close the open episode as truncated: write its final observation's frame into the next slot.
