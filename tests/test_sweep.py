@@ -24,6 +24,12 @@ SWEEP = ["sweep", "--config", str(CONFIGS / "dmc.yaml"), "--config", str(CONFIGS
          "--status_every", "5", "--progress_bar.refresh_rate", "0", "--checkpoint.every_n_env_steps", "100"]  # fmt: skip
 
 
+# Ray runs its workers, and so the fits they start, at niceness 15 (its `worker_niceness` setting): next to the
+# other xdist workers' tests the sweep's fits got a fraction of a core and this file ended the suite minutes after
+# the rest. Here they run at the tests' own priority.
+SWEEP_ENV = cli_env(RAY_worker_niceness="0")
+
+
 def sweep_command(root: Path, envs: list[str], *extra: str) -> list[str]:
     return [sys.executable, "-m", "mrq_lightning", *SWEEP, "--envs", ",".join(envs), "--root", str(root), *extra]
 
@@ -45,7 +51,7 @@ def status(root: Path, env: str, seed: int) -> dict:
 def full_sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """2 envs x 2 seeds, two runs at a time (one CPU each)."""
     root = tmp_path_factory.mktemp("sweep") / "root"
-    proc = subprocess.run(sweep_command(root, ENVS), cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(sweep_command(root, ENVS), cwd=REPO, env=SWEEP_ENV, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root, proc
 
@@ -74,7 +80,7 @@ def test_rerun_skips_finished_runs(full_sweep):
         return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and p.name != ".sweep.lock"}
 
     before = files()
-    proc = subprocess.run(sweep_command(root, ENVS), cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(sweep_command(root, ENVS), cwd=REPO, env=SWEEP_ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "4 of 4 runs already finished, skipped" in proc.stdout
     assert files() == before  # nothing touched
@@ -84,7 +90,7 @@ def test_report_writes_figures_and_tables(full_sweep, tmp_path):
     root, _ = full_sweep
     out = tmp_path / "report"
     proc = subprocess.run([sys.executable, "-m", "mrq_lightning", "report", "--root", str(root), "--out", str(out)],
-                          cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+                          cwd=REPO, env=SWEEP_ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     for png in ("aggregate.png", "curves/Dmc-cartpole-balance.png", "curves/Dmc-cartpole-swingup.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
@@ -102,7 +108,7 @@ def test_sigterm_to_the_driver_saves_and_a_rerun_resumes_bit_identically(full_sw
     reference, _ = full_sweep
     root, env = tmp_path / "root", ENVS[0]
     command = sweep_command(root, [env], "--seeds", "1")
-    driver = subprocess.Popen(command, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    driver = subprocess.Popen(command, cwd=REPO, env=SWEEP_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     checkpoints = run_dir(root, env, 1) / "logs" / "mrq" / "version_0" / "checkpoints"
     deadline = time.monotonic() + 600
     while not list(checkpoints.glob("env_step=*.ckpt")) and driver.poll() is None and time.monotonic() < deadline:
@@ -117,7 +123,7 @@ def test_sigterm_to_the_driver_saves_and_a_rerun_resumes_bit_identically(full_sw
     stopped_at = int(saved[-1].stem.split("=")[1])
     assert 100 <= stopped_at < 600, saved  # saved at the step it had reached, not at the budget
 
-    proc = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(command, cwd=REPO, env=SWEEP_ENV, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "sweep: 1 run to do" in proc.stdout, proc.stdout[-2000:]
     log = (run_dir(root, env, 1) / "fit.log").read_text()
@@ -137,7 +143,7 @@ def test_a_killed_run_is_reported_and_resumed_by_a_rerun(full_sweep, tmp_path):
     reference, _ = full_sweep
     root, env = tmp_path / "root", ENVS[1]
     command = sweep_command(root, [env], "--max_retries", "0")
-    driver = subprocess.Popen(command, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    driver = subprocess.Popen(command, cwd=REPO, env=SWEEP_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     victim = run_dir(root, env, 0)
     checkpoints = victim / "logs" / "mrq" / "version_0" / "checkpoints"
     deadline = time.monotonic() + 600
@@ -151,7 +157,7 @@ def test_a_killed_run_is_reported_and_resumed_by_a_rerun(full_sweep, tmp_path):
     assert f"{env}/seed_0 FAILED after 1 attempt (exited with -9)" in output
     assert status(root, env, 0)["state"] == "failed" and status(root, env, 1)["state"] == "finished"
 
-    proc = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(command, cwd=REPO, env=SWEEP_ENV, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert f"1 of 2 runs already finished, skipped: {env}/seed_1" in proc.stdout
     assert "Restored all states from the checkpoint" in (victim / "fit.log").read_text()
