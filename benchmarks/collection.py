@@ -103,29 +103,15 @@ def hand_written(args, evict) -> dict:
     return parts
 
 
-def bare_step_ms(name: str, steps: int) -> float:
-    from mrq_lightning.envs import make_gymnasium_env
-
-    env, _ = make_gymnasium_env(name, 0)
-    env.reset()
-    actions = [env.action_space.sample() for _ in range(steps)]
-    start = time.perf_counter()
-    for action in actions:
-        _, _, terminated, truncated, _ = env.step(np.asarray(action))
-        if terminated or truncated:
-            env.reset()
-    return 1000 * (time.perf_counter() - start) / steps
-
-
 def main() -> None:
-    from throughput import prepare
+    from throughput import bare_step_ms, prepare
 
     args = _parse()
     prepare(args.threads)
     block = np.ones(args.evict * 2**20 // 4, dtype=np.float32)
     evict = (lambda: block.sum()) if args.evict else (lambda: None)
     condition = f"{args.evict} MB read between steps" if args.evict else "warm caches"
-    bare = bare_step_ms(args.env, args.steps)
+    bare = bare_step_ms(argparse.Namespace(env=args.env, seed=0), args.steps)
     for name, run in (("lean path (StepCollector + MRQReplayBuffer)", lean_path), ("hand-written loop", hand_written)):
         parts = run(args, evict)
         total = 1000 * sum(parts.values()) / args.steps
