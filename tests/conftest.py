@@ -48,7 +48,7 @@ if WORKER:
 
 # The longest files, longest first (their summed test times in one suite run, 2026-12-01: 458, 370, 202, 149, 146,
 # 132, 115, 110, 72, 29, 23, 22 s). Each xdist worker takes one file at a time, in this order (pyproject's
-# --no-loadscope-reorder); the sweep file alone takes about 7 minutes, so it must start first.
+# --no-loadscope-reorder); the sweep file is one chain of 5-7 minutes, so it must start first.
 LONGEST_FILES = ("test_sweep.py", "test_resume.py", "test_ddp_precision.py", "test_resume_kinds.py", "test_training.py",
                  "test_own_envs.py", "test_pixels_cli.py", "test_notebooks.py", "test_loggers.py", "test_compile.py",
                  "test_hyperparameters.py", "test_example.py")  # fmt: skip

@@ -80,7 +80,11 @@ class MRQStorage(Storage):
         self.state_index = torch.zeros(capacity, self.history, dtype=torch.int32, device=dev)
         self.next_index = torch.zeros(capacity, self.history, dtype=torch.int32, device=dev)
         self._size = 0
-        self._numpy_views: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
+        # The writer's per-step path on a CPU storage writes through numpy arrays sharing these tensors' memory. The
+        # tensors are filled in place (load_state_dict and _empty copy into them), never replaced, so the views stay valid.
+        self.numpy_views: dict[str, np.ndarray] = (
+            {name: getattr(self, name).numpy() for name in self.tensor_names} if dev.type == "cpu" else {}
+        )
         # Bumped on every content change; lets the sampler cache its CDF between writes.
         self.version = 0
 
@@ -109,17 +113,6 @@ class MRQStorage(Storage):
             target = getattr(self, name)
             target[index] = torch.as_tensor(value).to(device=self.device, dtype=target.dtype)
         self.version += 1
-
-    def numpy_views(self) -> dict[str, np.ndarray]:
-        """Numpy arrays sharing memory with the CPU slot tensors (the writer's per-step path; a CPU storage only).
-
-        Cached, and rebuilt for any tensor that was replaced (a loaded state may assign new tensors)."""
-        views = self._numpy_views
-        for name in self.tensor_names:
-            tensor = getattr(self, name)
-            if views.get(name, (None,))[0] is not tensor:
-                views[name] = (tensor, tensor.numpy())
-        return {name: array for name, (_, array) in views.items()}
 
     def grow(self, n: int) -> None:
         """Mark ``n`` more slots as filled (capped at capacity) and bump :attr:`version`; used by the writer."""

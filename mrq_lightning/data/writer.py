@@ -111,7 +111,7 @@ class MRQWriter(Writer):
 
         contiguous = not final_slots and first + num <= capacity  # the usual case: a plain slice of slots
         where = slice(first, first + num) if contiguous else trans_slots
-        write = self._write_numpy if storage.device.type == "cpu" else self._write_torch
+        write = self._write_numpy if storage.numpy_views else self._write_torch
         write(data, where, index_rows, next_rows, final_slots, final_rows, mask)
         storage.grow(written)
         self.env_terminates = self.env_terminates or any(terminated)
@@ -126,7 +126,7 @@ class MRQWriter(Writer):
     # because each torch indexing call costs microseconds of dispatch and one env step makes about a dozen of
     # them (collection cost, docs/benchmarks.md "Collection"); elsewhere (a GPU buffer) with torch indexing.
     def _write_numpy(self, data, where, index_rows, next_rows, final_slots, final_rows, mask) -> None:
-        slots = self._storage.numpy_views()
+        slots = self._storage.numpy_views
         slots["frames"][where] = data["frame"].numpy()
         slots["action"][where] = data["action"].numpy()
         slots["reward"][where] = data["reward"].numpy()
